@@ -1,0 +1,79 @@
+"""Project settings read from ``RECSYS_*`` environment variables.
+
+Pure Python on purpose: the serving package reads the same variables and must not import dagster.
+Relative paths resolve against the project root, never against the current directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def project_root(environ: Mapping[str, str] | None = None) -> Path:
+    """The repository root: ``RECSYS_PROJECT_ROOT`` if set, else the checkout holding this package."""
+    environ = os.environ if environ is None else environ
+    if environ.get("RECSYS_PROJECT_ROOT"):
+        return Path(environ["RECSYS_PROJECT_ROOT"]).expanduser().resolve()
+    checkout = PACKAGE_DIR.parent
+    if (checkout / "pyproject.toml").is_file():
+        return checkout
+    # Installed as a wheel (no checkout around it): the working directory is the only anchor left.
+    return Path.cwd().resolve()
+
+
+def resolve_path(value: str | os.PathLike[str], root: Path | None = None) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = (root or project_root()) / path
+    return path.resolve()
+
+
+DATASET_CHOICES = (
+    "auto",
+    "synthetic",
+    "ml-latest-small",
+    "ml-latest",
+    "ml-25m",
+    "ml-20m",
+    "ml-10m",
+    "ml-1m",
+    "ml-100k",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    dataset: str
+    data_dir: Path | None
+    data_root: Path
+    bundle_root: Path
+    mlflow_tracking_uri: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        root = project_root(environ)
+        dataset = environ.get("RECSYS_DATASET", "auto").strip() or "auto"
+        if dataset not in DATASET_CHOICES:
+            raise ValueError(
+                f"RECSYS_DATASET={dataset!r} is not a known dataset; "
+                f"choose one of {', '.join(DATASET_CHOICES)}"
+            )
+        data_dir = environ.get("RECSYS_DATA_DIR", "").strip()
+        data_root = resolve_path(environ.get("RECSYS_DATA_ROOT", "data"), root)
+        bundle_root = environ.get("RECSYS_BUNDLE_ROOT", "").strip()
+        tracking_uri = environ.get("RECSYS_MLFLOW_TRACKING_URI", "").strip()
+        if not tracking_uri:
+            tracking_uri = f"sqlite:///{root / 'dagster_home' / 'mlflow.db'}"
+        return cls(
+            dataset=dataset,
+            data_dir=resolve_path(data_dir, root) if data_dir else None,
+            data_root=data_root,
+            bundle_root=resolve_path(bundle_root, root) if bundle_root else data_root / "bundles",
+            mlflow_tracking_uri=tracking_uri,
+        )

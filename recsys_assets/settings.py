@@ -33,6 +33,27 @@ def resolve_path(value: str | os.PathLike[str], root: Path | None = None) -> Pat
     return path.resolve()
 
 
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={value!r} is not a boolean (use true or false)")
+
+
+def _integer(environ: Mapping[str, str], name: str, default: int) -> int:
+    value = environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value.replace("_", ""))
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not an integer") from None
+
+
 DATASET_CHOICES = (
     "auto",
     "synthetic",
@@ -53,6 +74,12 @@ class Settings:
     data_root: Path
     bundle_root: Path
     mlflow_tracking_uri: str
+    allow_download: bool = True
+    movielens_url: str | None = None
+    synthetic_users: int = 1_000
+    synthetic_movies: int = 3_000
+    synthetic_ratings: int = 100_000
+    synthetic_seed: int = 42
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -71,6 +98,12 @@ class Settings:
         if not tracking_uri:
             tracking_uri = f"sqlite:///{root / 'dagster_home' / 'mlflow.db'}"
         return cls(
+            allow_download=_flag(environ, "RECSYS_ALLOW_DOWNLOAD", True),
+            movielens_url=environ.get("RECSYS_MOVIELENS_URL") or None,
+            synthetic_users=_integer(environ, "RECSYS_SYNTHETIC_USERS", cls.synthetic_users),
+            synthetic_movies=_integer(environ, "RECSYS_SYNTHETIC_MOVIES", cls.synthetic_movies),
+            synthetic_ratings=_integer(environ, "RECSYS_SYNTHETIC_RATINGS", cls.synthetic_ratings),
+            synthetic_seed=_integer(environ, "RECSYS_SYNTHETIC_SEED", cls.synthetic_seed),
             dataset=dataset,
             data_dir=resolve_path(data_dir, root) if data_dir else None,
             data_root=data_root,

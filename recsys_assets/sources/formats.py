@@ -138,7 +138,9 @@ def detect_layout(directory: Path) -> Layout:
         ).is_file():
             return layout
     present = sorted(p.name for p in directory.iterdir())[:20]
-    expected = "; ".join(f"{lay.ratings.filename} + {lay.movies.filename}" for lay in LAYOUTS.values())
+    expected = "; ".join(
+        f"{lay.ratings.filename} + {lay.movies.filename}" for lay in LAYOUTS.values()
+    )
     raise FileNotFoundError(
         f"{directory} holds no MovieLens files (expected one of: {expected}); found: {present}"
     )
@@ -208,7 +210,10 @@ def diagnose(path: Path, spec: FileSpec, positions: dict[str, int]) -> list[tupl
                     )
                 elif expected_fields and len(fields) > expected_fields and not spec.header:
                     problems.append(
-                        (number, f"has {len(fields)} fields, expected {expected_fields}: {text[:80]!r}")
+                        (
+                            number,
+                            f"has {len(fields)} fields, expected {expected_fields}: {text[:80]!r}",
+                        )
                     )
                 else:
                     for column in spec.columns:
@@ -311,9 +316,7 @@ def parse_title(title: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
 
 
 def _normalise_genres(genres: pl.Expr) -> pl.Expr:
-    split = genres.str.split("|").list.eval(
-        pl.element().str.strip_chars().replace(_GENRE_ALIASES)
-    )
+    split = genres.str.split("|").list.eval(pl.element().str.strip_chars().replace(_GENRE_ALIASES))
     return split.list.eval(pl.element().filter((pl.element() != NO_GENRES) & (pl.element() != "")))
 
 
@@ -331,7 +334,9 @@ def read_movies(directory: Path, layout: Layout | None = None) -> pl.DataFrame:
         flags = _read_ml100k_genre_flags(path, layout.movies)
         frame = frame.with_columns(genres=flags)
     else:
-        frame = read_table(path, layout.movies).with_columns(genres=_normalise_genres(pl.col("genres")))
+        frame = read_table(path, layout.movies).with_columns(
+            genres=_normalise_genres(pl.col("genres"))
+        )
     title, year = parse_title(pl.col("title"))
     return frame.select(
         pl.col("movie_id").cast(pl.Int32),

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -32,20 +31,71 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from ..storage import publish_directory
+
 GENRE_WEIGHTS = {
     "Drama": 0.24, "Comedy": 0.19, "Thriller": 0.09, "Action": 0.09, "Romance": 0.08,
     "Adventure": 0.06, "Crime": 0.06, "Horror": 0.05, "Documentary": 0.05, "Sci-Fi": 0.05,
     "Mystery": 0.03, "Fantasy": 0.03, "Children": 0.03, "Animation": 0.03, "War": 0.02,
     "Musical": 0.015, "Western": 0.01, "Film-Noir": 0.005, "IMAX": 0.005,
 }  # fmt: skip
-_ADJECTIVES = (
-    "Silent Broken Last Hidden Golden Crimson Lonely Secret Endless Wild Frozen Dark Lost Bright "
-    "Midnight Electric Savage Gentle Final Distant Hollow Burning Quiet Iron Paper Velvet Forgotten"
-).split()
-_NOUNS = (
-    "Harbor River Kingdom Promise Garden Station Empire Shadow Horizon Machine Summer Winter Road "
-    "Island Letter Stranger Circus Frontier Memory Signal Orchard Tide Voyage Witness Lantern Echo"
-).split()
+_ADJECTIVES = [
+    "Silent",
+    "Broken",
+    "Last",
+    "Hidden",
+    "Golden",
+    "Crimson",
+    "Lonely",
+    "Secret",
+    "Endless",
+    "Wild",
+    "Frozen",
+    "Dark",
+    "Lost",
+    "Bright",
+    "Midnight",
+    "Electric",
+    "Savage",
+    "Gentle",
+    "Final",
+    "Distant",
+    "Hollow",
+    "Burning",
+    "Quiet",
+    "Iron",
+    "Paper",
+    "Velvet",
+    "Forgotten",
+]
+_NOUNS = [
+    "Harbor",
+    "River",
+    "Kingdom",
+    "Promise",
+    "Garden",
+    "Station",
+    "Empire",
+    "Shadow",
+    "Horizon",
+    "Machine",
+    "Summer",
+    "Winter",
+    "Road",
+    "Island",
+    "Letter",
+    "Stranger",
+    "Circus",
+    "Frontier",
+    "Memory",
+    "Signal",
+    "Orchard",
+    "Tide",
+    "Voyage",
+    "Witness",
+    "Lantern",
+    "Echo",
+]
 HALF_STARS_SINCE = int(datetime(2003, 2, 18, tzinfo=UTC).timestamp())
 _DAY = 86_400
 
@@ -114,7 +164,9 @@ def _movies(cfg: SyntheticConfig, rng: np.random.Generator) -> dict[str, np.ndar
     classic = rng.integers(1920, start_year - 15, size=n) if start_year - 15 > 1920 else recent
     year = np.where(rng.random(n) < 0.7, recent, classic)
     release_ts = (
-        np.array([SyntheticConfig._ts(f"{y}-01-01") for y in range(1920, end_year + 1)])[year - 1920]
+        np.array([SyntheticConfig._ts(f"{y}-01-01") for y in range(1920, end_year + 1)])[
+            year - 1920
+        ]
         + rng.integers(0, 365, size=n) * _DAY
     )
     available = np.clip(release_ts, cfg.start_ts, cfg.end_ts - _DAY)
@@ -233,17 +285,14 @@ def generate(cfg: SyntheticConfig, progress: bool = False) -> tuple[pl.DataFrame
     step = np.where(stamps >= HALF_STARS_SINCE, 2.0, 1.0)
     stars = np.clip(np.round(raw * step) / step, np.where(step == 2.0, 0.5, 1.0), 5.0)
 
-    ratings = (
-        pl.DataFrame(
-            {
-                "userId": (users + 1).astype(np.int32),
-                "movieId": movies["ids"][chosen],
-                "rating": stars.astype(np.float32),
-                "timestamp": stamps,
-            }
-        )
-        .sort(["userId", "timestamp"])
-    )
+    ratings = pl.DataFrame(
+        {
+            "userId": (users + 1).astype(np.int32),
+            "movieId": movies["ids"][chosen],
+            "rating": stars.astype(np.float32),
+            "timestamp": stamps,
+        }
+    ).sort(["userId", "timestamp"])
     movie_frame = pl.DataFrame(
         {"movieId": movies["ids"], "title": movies["titles"], "genres": movies["genres"]}
     )
@@ -267,10 +316,9 @@ def write_dataset(cfg: SyntheticConfig, directory: Path, progress: bool = False)
             f"{len(ratings):,} ratings by {ratings['userId'].n_unique():,} users on "
             f"{len(movies):,} movies; parameters in synthetic.json. Not real user data.\n"
         )
-        os.replace(staging, directory)
-    except BaseException:
+        publish_directory(staging, directory)
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
 
 

@@ -1,0 +1,183 @@
+"""great-expectations (1.x) suites for ratings and interactions, and a runner that reports failures.
+
+Kept free of Dagster: the asset checks call :func:`validate` and turn the report into metadata.
+dagster-ge only supports GX < 1.0, so GX is driven directly with an ephemeral context.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+import polars as pl
+
+HALF_STARS = [x / 2 for x in range(1, 11)]
+# MovieLens starts in January 1995; anything earlier is a corrupt timestamp.
+EARLIEST_TIMESTAMP = int(datetime(1995, 1, 1, tzinfo=UTC).timestamp())
+SAMPLE_ROWS = 5
+
+
+@dataclass(frozen=True)
+class FailedExpectation:
+    expectation: str
+    column: str | None
+    unexpected_count: int | None
+    unexpected_percent: float | None
+    sample_values: list
+    sample_rows: list[dict]
+    observed: object = None
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    suite: str
+    rows: int
+    evaluated: int
+    failures: list[FailedExpectation] = field(default_factory=list)
+
+    @property
+    def success(self) -> bool:
+        return not self.failures
+
+    def markdown(self) -> str:
+        status = "passed" if self.success else f"**{len(self.failures)} failed**"
+        lines = [
+            f"### Suite `{self.suite}`: {status}",
+            f"{self.evaluated} expectations on {self.rows:,} rows.",
+        ]
+        if not self.failures:
+            return "\n\n".join(lines)
+        table = [
+            "| expectation | column | unexpected | sample values / observed |",
+            "|---|---|---|---|",
+        ]
+        for f in self.failures:
+            count = (
+                ""
+                if f.unexpected_count is None
+                else f"{f.unexpected_count:,} ({f.unexpected_percent:.3g}%)"
+            )
+            sample = f.sample_values if f.sample_values else f.observed
+            table.append(f"| `{f.expectation}` | {f.column or ''} | {count} | {sample} |")
+        lines.append("\n".join(table))
+        for f in self.failures:
+            if f.sample_rows:
+                header = list(f.sample_rows[0])
+                rows = [
+                    "| " + " | ".join(header) + " |",
+                    "|" + "---|" * len(header),
+                    *("| " + " | ".join(str(r[h]) for h in header) + " |" for r in f.sample_rows),
+                ]
+                lines.append(
+                    f"Sample bad rows for `{f.expectation}` on `{f.column}`:\n\n" + "\n".join(rows)
+                )
+        return "\n\n".join(lines)
+
+
+def ratings_expectations(
+    known_movie_ids: Sequence[int], latest_timestamp: int | None = None
+) -> list[gxe.Expectation]:
+    """Schema, nulls, rating range and half-star step, known movies, timestamp range, uniqueness."""
+    latest = latest_timestamp or int(datetime.now(UTC).timestamp()) + 86_400
+    columns = ["user_id", "movie_id", "rating", "timestamp"]
+    return [
+        gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in columns),
+        gxe.ExpectColumnValuesToBeBetween(column="user_id", min_value=1),
+        gxe.ExpectColumnValuesToBeBetween(column="rating", min_value=0.5, max_value=5.0),
+        gxe.ExpectColumnValuesToBeInSet(column="rating", value_set=HALF_STARS),
+        gxe.ExpectColumnValuesToBeInSet(column="movie_id", value_set=list(known_movie_ids)),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="timestamp", min_value=EARLIEST_TIMESTAMP, max_value=latest
+        ),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "movie_id", "timestamp"]),
+    ]
+
+
+def interactions_expectations(
+    known_movie_ids: Sequence[int], positive_threshold: float
+) -> list[gxe.Expectation]:
+    columns = ["user_id", "movie_id", "rating", "weight", "timestamp"]
+    return [
+        gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in columns),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="rating", min_value=positive_threshold, max_value=5.0
+        ),
+        gxe.ExpectColumnValuesToBeBetween(column="weight", min_value=0, strict_min=True),
+        gxe.ExpectColumnValuesToBeInSet(column="movie_id", value_set=list(known_movie_ids)),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "movie_id"]),
+    ]
+
+
+@functools.cache
+def _context() -> gx.data_context.AbstractDataContext:
+    # GX logs every metric batch and draws tqdm bars; neither belongs in a pipeline's run log.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(
+        globally=False, metric_calculations=False
+    )
+    return context
+
+
+def validate(
+    frame: pl.DataFrame, suite_name: str, expectations: list[gxe.Expectation]
+) -> ValidationReport:
+    """Run ``expectations`` on ``frame`` and collect each failure with sample offending rows."""
+    context = _context()
+    run_name = f"{suite_name}-{uuid.uuid4().hex[:8]}"
+    batch = (
+        context.data_sources.add_pandas(run_name)
+        .add_dataframe_asset(suite_name)
+        .add_batch_definition_whole_dataframe("whole")
+    )
+    suite = context.suites.add(gx.ExpectationSuite(name=run_name, expectations=expectations))
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=run_name, data=batch, suite=suite)
+    )
+    try:
+        result = definition.run(
+            batch_parameters={"dataframe": frame.to_pandas()},
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_ROWS},
+        )
+    finally:
+        context.validation_definitions.delete(run_name)
+        context.suites.delete(run_name)
+        context.data_sources.delete(run_name)
+    failures = []
+    for outcome in result.results:
+        if outcome.success:
+            continue
+        details = outcome.result or {}
+        config = outcome.expectation_config
+        kwargs = config.kwargs
+        column = kwargs.get("column") or ", ".join(kwargs.get("column_list", []) or [])
+        indices = [
+            i for i in details.get("partial_unexpected_index_list") or [] if isinstance(i, int)
+        ][:SAMPLE_ROWS]
+        rows = frame[indices].to_dicts() if indices else []
+        if outcome.exception_info and outcome.exception_info.get("raised_exception"):
+            observed = outcome.exception_info.get("exception_message")
+        else:
+            observed = details.get("observed_value")
+        failures.append(
+            FailedExpectation(
+                expectation=config.type,
+                column=column or None,
+                unexpected_count=details.get("unexpected_count"),
+                unexpected_percent=details.get("unexpected_percent"),
+                sample_values=list(details.get("partial_unexpected_list") or [])[:SAMPLE_ROWS],
+                sample_rows=rows,
+                observed=observed,
+            )
+        )
+    return ValidationReport(suite_name, len(frame), len(result.results), failures)

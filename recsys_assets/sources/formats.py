@@ -276,10 +276,10 @@ def _polars_read(path: Path, spec: FileSpec, positions: dict[str, int]) -> pl.Da
         has_header=False,
         skip_rows=1 if spec.header else 0,
         columns=[positions[c.name] for c in by_position],
-        new_columns=[c.target for c in by_position],
         quote_char='"' if spec.separator == "," else None,
         infer_schema=False,
     )
+    frame.columns = [c.target for c in by_position]  # a projection keeps file order
     # Unparseable numbers become nulls here; read_table then diagnoses them line by line.
     return frame.with_columns(
         pl.col(c.target).str.strip_chars().cast(dtypes[c.kind], strict=False)
@@ -353,10 +353,10 @@ def _read_ml100k_genre_flags(path: Path, spec: FileSpec) -> pl.Series:
         separator="|",
         has_header=False,
         columns=list(range(5, 5 + len(ML100K_GENRES))),
-        new_columns=list(ML100K_GENRES),
         quote_char=None,
         infer_schema=False,
     )
+    flags.columns = list(ML100K_GENRES)
     flagged = [pl.when(pl.col(g) == "1").then(pl.lit(g)) for g in ML100K_GENRES if g != NO_GENRES]
     listed = flags.select(pl.concat_list(flagged).list.drop_nulls())
     return listed.to_series()

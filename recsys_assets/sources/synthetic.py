@@ -109,7 +109,7 @@ class SyntheticConfig:
     n_factors: int = 16
     start: str = "2010-01-01"
     end: str = "2019-12-31"
-    popularity_exponent: float = 0.9  # Zipf exponent of item popularity
+    popularity_exponent: float = 1.2  # Zipf exponent of item popularity
     taste_strength: float = 6.0  # how strongly affinity (vs. popularity) decides what is rated
     pool_factor: int = 8  # candidate movies weighed per rating a user makes
 

@@ -1,0 +1,167 @@
+"""The real Dagster graph on an ephemeral instance: synthetic data, bad data, real MovieLens."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from conftest import CSV_MOVIES, CSV_RATINGS, write_lines
+
+from recsys_assets.defs.resources import DatasetSource, ParquetIOManager
+from recsys_assets.definitions import all_assets, all_checks, defs
+
+ASSETS = [
+    "raw_movies",
+    "raw_ratings",
+    "interactions",
+    "temporal_splits",
+    "item_features",
+    "user_features",
+]
+DOWNSTREAM_OF_RATINGS = ["interactions", "temporal_splits", "item_features", "user_features"]
+
+
+def run_graph(tmp_path: Path, **source: object) -> dg.ExecuteInProcessResult:
+    data_root = tmp_path / "data"
+    resources = {
+        "source": DatasetSource(data_root=str(data_root), allow_download=False, **source),
+        "io_manager": ParquetIOManager(base_dir=str(data_root / "assets")),
+    }
+    return dg.materialize(
+        [*all_assets, *all_checks],
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
+def materialized(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
+    return {
+        event.asset_key.to_user_string(): event.step_materialization_data.materialization.metadata
+        for event in result.get_asset_materialization_events()
+    }
+
+
+def checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
+
+
+def test_definitions_load() -> None:
+    dg.Definitions.validate_loadable(defs)
+    assert {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()} == set(
+        ASSETS
+    )
+
+
+def test_full_graph_on_synthetic_data(tmp_path: Path) -> None:
+    result = run_graph(
+        tmp_path,
+        dataset="synthetic",
+        synthetic_users=300,
+        synthetic_movies=500,
+        synthetic_ratings=20_000,
+    )
+    assert result.success
+    metadata = materialized(result)
+    assert sorted(metadata) == sorted(ASSETS)
+    for name, entries in metadata.items():
+        assert "synthetic" in entries["data_source"].value, name
+        assert entries["dagster/row_count"].value > 0, name
+    assert all(evaluation.passed for evaluation in checks(result).values())
+    assert set(checks(result)) == {"raw_ratings_expectations", "interactions_expectations_check"}
+
+    assets_dir = tmp_path / "data" / "assets"
+    ratings = pl.read_parquet(assets_dir / "raw_ratings.parquet")
+    assert metadata["raw_ratings"]["dagster/row_count"].value == len(ratings)
+    splits = {
+        p.stem: pl.read_parquet(p) for p in (assets_dir / "temporal_splits").glob("*.parquet")
+    }
+    assert set(splits) == {"train", "validation", "test"}
+    interactions = pl.read_parquet(assets_dir / "interactions.parquet")
+    assert sum(len(f) for f in splits.values()) == len(interactions)
+    assert metadata["temporal_splits"]["test_interactions"].value == len(splits["test"])
+    items = pl.read_parquet(assets_dir / "item_features.parquet")
+    assert len(items) == len(pl.read_parquet(assets_dir / "raw_movies.parquet"))
+    assert not list(assets_dir.glob(".*")), "temporary files left behind"
+
+
+def test_failing_blocking_check_stops_downstream(tmp_path: Path, csv_dir: Path) -> None:
+    write_lines(csv_dir / "ratings.csv", [*CSV_RATINGS, "4,1,7.0,964982931", "4,999,4.0,964982931"])
+    result = run_graph(tmp_path, data_dir=str(csv_dir))
+    assert not result.success
+    done = materialized(result)
+    assert "raw_ratings" in done
+    assert not set(DOWNSTREAM_OF_RATINGS) & set(done)
+    evaluation = checks(result)["raw_ratings_expectations"]
+    assert not evaluation.passed
+    report = evaluation.metadata["report"].value
+    assert "expect_column_values_to_be_in_set" in report and "999" in report and "7.0" in report
+    assert evaluation.metadata["failed_expectations"].value == 3  # range, half-star step, movie id
+
+
+def test_malformed_file_fails_with_file_and_line(tmp_path: Path, csv_dir: Path) -> None:
+    write_lines(csv_dir / "ratings.csv", [*CSV_RATINGS[:3], "2,1", *CSV_RATINGS[3:]])
+    result = run_graph(tmp_path, data_dir=str(csv_dir))
+    assert not result.success
+    failures = [e for e in result.all_events if e.is_step_failure]
+    assert [e.step_key for e in failures] == ["raw_ratings"]
+    error = failures[0].step_failure_data.error
+    text = error.message + "".join((error.cause.message if error.cause else ""))
+    assert "ratings.csv" in text and "line 4" in text and "truncated" in text
+    assert not set(DOWNSTREAM_OF_RATINGS) & set(materialized(result))
+
+
+def test_ml_latest_small_counts(tmp_path: Path, ml_latest_small: Path) -> None:
+    result = run_graph(tmp_path, data_dir=str(ml_latest_small))
+    assert result.success
+    metadata = materialized(result)
+    assert metadata["raw_ratings"]["dagster/row_count"].value == 100_836
+    assert metadata["raw_ratings"]["users"].value == 610
+    assert metadata["raw_movies"]["dagster/row_count"].value == 9_742
+    assert "ml-latest-small" in metadata["interactions"]["data_source"].value
+    assert all(evaluation.passed for evaluation in checks(result).values())
+
+
+def test_pure_modules_and_serving_do_not_import_dagster() -> None:
+    code = (
+        "import sys, recsys_serving, recsys_assets.settings, recsys_assets.sources.resolve, "
+        "recsys_assets.processing.features, recsys_assets.processing.splits; "
+        "sys.exit('dagster' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.parametrize("dataset", ["synthetic"])
+def test_cli_materialize_all(tmp_path: Path, dataset: str) -> None:
+    """The README's main command, through the real dagster CLI and a real DAGSTER_HOME."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(
+        (Path(__file__).parents[1] / "dagster_home" / "dagster.yaml").read_text()
+    )
+    env = {
+        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
+        "DAGSTER_HOME": str(home),
+        "RECSYS_DATASET": dataset,
+        "RECSYS_DATA_ROOT": str(tmp_path / "data"),
+        "RECSYS_SYNTHETIC_RATINGS": "10000",
+        "RECSYS_SYNTHETIC_USERS": "200",
+        "RECSYS_SYNTHETIC_MOVIES": "400",
+    }
+    cli = Path(sys.executable).parent / "dagster"
+    completed = subprocess.run(
+        [str(cli), "asset", "materialize", "-m", "recsys_assets.definitions", "--select", "*"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,  # paths must not depend on the working directory
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (tmp_path / "data" / "assets" / "user_features.parquet").is_file()
+    assert (home / "history" / "runs.db").is_file() or any(home.rglob("*.db"))

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-import pytest
-from conftest import CSV_MOVIES, CSV_RATINGS, write_lines
+from conftest import CSV_RATINGS, write_lines
 
-from recsys_assets.defs.resources import DatasetSource, ParquetIOManager
 from recsys_assets.definitions import all_assets, all_checks, defs
+from recsys_assets.defs.resources import DatasetSource, ParquetIOManager
 
 ASSETS = [
     "raw_movies",
@@ -47,7 +46,9 @@ def materialized(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
 
 
 def checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
-    return {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
+    return {
+        evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()
+    }
 
 
 def test_definitions_load() -> None:
@@ -110,7 +111,7 @@ def test_malformed_file_fails_with_file_and_line(tmp_path: Path, csv_dir: Path) 
     failures = [e for e in result.all_events if e.is_step_failure]
     assert [e.step_key for e in failures] == ["raw_ratings"]
     error = failures[0].step_failure_data.error
-    text = error.message + "".join((error.cause.message if error.cause else ""))
+    text = error.message + (error.cause.message if error.cause else "")
     assert "ratings.csv" in text and "line 4" in text and "truncated" in text
     assert not set(DOWNSTREAM_OF_RATINGS) & set(materialized(result))
 
@@ -135,8 +136,7 @@ def test_pure_modules_and_serving_do_not_import_dagster() -> None:
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
-@pytest.mark.parametrize("dataset", ["synthetic"])
-def test_cli_materialize_all(tmp_path: Path, dataset: str) -> None:
+def test_cli_materialize_all(tmp_path: Path) -> None:
     """The README's main command, through the real dagster CLI and a real DAGSTER_HOME."""
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -146,7 +146,7 @@ def test_cli_materialize_all(tmp_path: Path, dataset: str) -> None:
     env = {
         "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
         "DAGSTER_HOME": str(home),
-        "RECSYS_DATASET": dataset,
+        "RECSYS_DATASET": "synthetic",
         "RECSYS_DATA_ROOT": str(tmp_path / "data"),
         "RECSYS_SYNTHETIC_RATINGS": "10000",
         "RECSYS_SYNTHETIC_USERS": "200",

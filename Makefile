@@ -1,0 +1,39 @@
+# Two commands for a new user: `make demo` builds everything, `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export DAGSTER_HOME := $(CURDIR)/dagster_home
+
+.PHONY: install demo materialize ui test lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: set up, then materialise the whole asset graph on the default data
+demo: materialize
+	@echo
+	@echo "All assets are built. Browse them in the Dagster UI:"
+	@echo "    make ui        (or: DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -w workspace.yaml)"
+	@echo "    then open http://127.0.0.1:3000"
+
+materialize: install
+	$(BIN)/dagster asset materialize -m recsys_assets.definitions --select '*'
+
+ui: install
+	$(BIN)/dagster dev -w workspace.yaml
+
+## test: set up, then run the test suite
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf data/assets data/raw/synthetic-* dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs

@@ -11,7 +11,7 @@ import polars as pl
 from conftest import CSV_RATINGS, write_lines
 
 from recsys_assets.definitions import all_assets, all_checks, defs
-from recsys_assets.defs.resources import DatasetSource, ParquetIOManager
+from recsys_assets.defs.resources import AtomicFileIOManager, DatasetSource
 
 ASSETS = [
     "raw_movies",
@@ -28,7 +28,7 @@ def run_graph(tmp_path: Path, **source: object) -> dg.ExecuteInProcessResult:
     data_root = tmp_path / "data"
     resources = {
         "source": DatasetSource(data_root=str(data_root), allow_download=False, **source),
-        "io_manager": ParquetIOManager(base_dir=str(data_root / "assets")),
+        "io_manager": AtomicFileIOManager(base_dir=str(data_root / "assets")),
     }
     return dg.materialize(
         [*all_assets, *all_checks],

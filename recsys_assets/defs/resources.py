@@ -1,11 +1,15 @@
 """Dagster resources: where the ratings come from and where assets are stored."""
 
+import contextlib
 import logging
+import pickle
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
+import mlflow
 import polars as pl
 
 from ..settings import Settings, resolve_path
@@ -65,10 +69,11 @@ class DatasetSource(dg.ConfigurableResource):
         return resolved
 
 
-class ParquetIOManager(dg.ConfigurableIOManager):
-    """Stores polars frames as Parquet under ``base_dir``, written atomically.
+class AtomicFileIOManager(dg.ConfigurableIOManager):
+    """Stores asset values under ``base_dir``, every write atomic (temporary file, then rename).
 
-    A frame goes to ``<key>.parquet``; a dict of frames (e.g. the splits) to ``<key>/<name>.parquet``.
+    A polars frame goes to ``<key>.parquet``, a dict of frames (the splits) to a directory of
+    ``<name>.parquet`` files, anything else (models, indexes, manifests) to ``<key>.pickle``.
     """
 
     base_dir: str
@@ -76,14 +81,14 @@ class ParquetIOManager(dg.ConfigurableIOManager):
     def _path(self, context: dg.OutputContext | dg.InputContext) -> Path:
         return resolve_path(self.base_dir).joinpath(*context.asset_key.path)
 
-    def handle_output(
-        self, context: dg.OutputContext, obj: pl.DataFrame | dict[str, pl.DataFrame]
-    ) -> None:
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
         path = self._path(context)
         if isinstance(obj, pl.DataFrame):
             with atomic_path(path.with_suffix(".parquet")) as temporary:
                 obj.write_parquet(temporary)
-        elif isinstance(obj, dict) and all(isinstance(v, pl.DataFrame) for v in obj.values()):
+        elif (
+            isinstance(obj, dict) and obj and all(isinstance(v, pl.DataFrame) for v in obj.values())
+        ):
             path.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
             try:
@@ -93,17 +98,79 @@ class ParquetIOManager(dg.ConfigurableIOManager):
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         else:
-            raise TypeError(
-                f"{context.asset_key.to_user_string()}: ParquetIOManager stores polars DataFrames "
-                f"or dicts of them, got {type(obj).__name__}"
-            )
+            with atomic_path(path.with_suffix(".pickle")) as temporary:
+                temporary.write_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
-    def load_input(self, context: dg.InputContext) -> pl.DataFrame | dict[str, pl.DataFrame]:
+    def load_input(self, context: dg.InputContext) -> object:
         path = self._path(context)
         if path.with_suffix(".parquet").is_file():
             return pl.read_parquet(path.with_suffix(".parquet"))
         if path.is_dir():
             return {p.stem: pl.read_parquet(p) for p in sorted(path.glob("*.parquet"))}
+        if path.with_suffix(".pickle").is_file():
+            return pickle.loads(path.with_suffix(".pickle").read_bytes())
         raise FileNotFoundError(
-            f"{context.asset_key.to_user_string()} has not been materialised yet (no {path}.parquet)"
+            f"{context.asset_key.to_user_string()} has not been materialised yet (nothing at {path}.*)"
         )
+
+
+class MLflowTracking(dg.ConfigurableResource):
+    """MLflow tracking and registry through an explicit client.
+
+    No fluent ``mlflow.start_run`` state: every run is created and terminated explicitly (FAILED on
+    an exception), so however a Dagster run is launched no MLflow run stays RUNNING or leaks into
+    the next one. (dagster-mlflow's resource only ends runs with a job hook that ``materialize`` and
+    automation-launched runs do not have.)
+    """
+
+    tracking_uri: str
+    experiment: str = "movielens-recsys"
+    registered_model: str = "movielens-als"
+
+    def client(self) -> mlflow.MlflowClient:
+        return mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def _artifact_location(self) -> str | None:
+        # MLflow's default artifact root is ./mlruns in the current directory: pin it beside a
+        # local SQLite store instead. Remote servers choose their own.
+        if self.tracking_uri.startswith("sqlite:///"):
+            database = Path(self.tracking_uri.removeprefix("sqlite:///"))
+            return (database.parent / "mlartifacts").as_uri()
+        return None
+
+    def experiment_id(self) -> str:
+        client = self.client()
+        if self.tracking_uri.startswith("sqlite:///"):
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
+                parents=True, exist_ok=True
+            )
+        found = client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        return client.create_experiment(
+            self.experiment, artifact_location=self._artifact_location()
+        )
+
+    @contextlib.contextmanager
+    def run(
+        self, name: str, tags: dict[str, str], parent_run_id: str | None = None
+    ) -> Iterator[str]:
+        client = self.client()
+        if parent_run_id:
+            tags = {**tags, "mlflow.parentRunId": parent_run_id}
+        run = client.create_run(self.experiment_id(), run_name=name, tags=tags)
+        try:
+            yield run.info.run_id
+        except BaseException:
+            client.set_terminated(run.info.run_id, "FAILED")
+            raise
+        client.set_terminated(run.info.run_id, "FINISHED")
+
+
+class BundleStore(dg.ConfigurableResource):
+    """Where production bundles are written (``RECSYS_BUNDLE_ROOT``)."""
+
+    root: str
+
+    def path(self) -> Path:
+        return resolve_path(self.root)

@@ -1,0 +1,39 @@
+"""Charts for asset metadata: Dagster has no plot type, so PNGs are embedded in markdown."""
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..modeling.evaluation import Evaluation  # noqa: E402
+
+
+def png_markdown(figure: plt.Figure, alt: str) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+
+
+def methods_chart(evaluation: Evaluation, metric: str = "ndcg@10") -> str:
+    """Bar chart of one metric per method with its 95% bootstrap interval."""
+    names = [r.method for r in evaluation.results]
+    values = [r.metrics[metric] for r in evaluation.results]
+    errors = [
+        [
+            v - r.intervals.get(metric, (v, v))[0]
+            for v, r in zip(values, evaluation.results, strict=True)
+        ],
+        [
+            r.intervals.get(metric, (v, v))[1] - v
+            for v, r in zip(values, evaluation.results, strict=True)
+        ],
+    ]
+    figure, axis = plt.subplots(figsize=(6, 3))
+    axis.bar(names, values, yerr=errors, capsize=4, color="#4c72b0")
+    axis.set_ylabel(metric)
+    axis.set_title(f"{metric} on test, 95% bootstrap CI")
+    return png_markdown(figure, f"{metric} by method")

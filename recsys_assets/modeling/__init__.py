@@ -1,0 +1,1 @@
+"""Models, evaluation, tuning and the item index: numpy/scipy/implicit/faiss, no Dagster."""

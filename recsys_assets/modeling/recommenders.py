@@ -1,0 +1,165 @@
+"""Recommenders sharing one interface: fit on users x items, score a batch of users densely.
+
+ALS (implicit, CPU unless the GPU is asked for), and the baselines it must beat: most-popular,
+item-kNN (implicit's BM25 recommender) and EASE (Steck 2019, closed form).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from recsys_serving.confidence import Weighting, confidence_matrix, item_length_norm
+
+log = logging.getLogger(__name__)
+
+
+class Recommender(Protocol):
+    name: str
+
+    def fit(self, user_items: sp.csr_matrix) -> None: ...
+
+    def scores(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        """Dense float32 scores [len(users), n_items]; higher is better."""
+        ...
+
+
+class MostPopular:
+    name = "most_popular"
+
+    def fit(self, user_items: sp.csr_matrix) -> None:
+        self.counts = np.asarray((user_items > 0).sum(axis=0), dtype=np.float32).ravel()
+
+    def scores(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        return np.broadcast_to(self.counts, (len(users), len(self.counts))).copy()
+
+
+class ItemKNN:
+    """implicit's BM25-weighted item-item nearest neighbours."""
+
+    name = "item_knn"
+
+    def __init__(self, neighbours: int = 100, k1: float = 1.2, b: float = 0.75):
+        self.neighbours, self.k1, self.b = neighbours, k1, b
+
+    def fit(self, user_items: sp.csr_matrix) -> None:
+        from implicit.nearest_neighbours import BM25Recommender
+
+        model = BM25Recommender(K=self.neighbours, K1=self.k1, B=self.b, num_threads=1)
+        model.fit(user_items.astype(np.float32), show_progress=False)
+        self.similarity = model.similarity.tocsr()
+
+    def scores(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        return np.asarray((user_items[users] @ self.similarity).todense(), dtype=np.float32)
+
+
+class EASE:
+    """Embarrassingly Shallow Autoencoder: B = I - P / diag(P), P = (X^T X + l2 I)^-1."""
+
+    name = "ease"
+
+    def __init__(self, l2: float = 500.0, max_items: int = 15_000):
+        self.l2, self.max_items = l2, max_items
+
+    def too_large(self, n_items: int) -> str | None:
+        if n_items > self.max_items:
+            return (
+                f"EASE skipped: {n_items:,} items exceed the cap of {self.max_items:,} "
+                f"(a dense {n_items:,}^2 inverse); raise ease_max_items to run it"
+            )
+        return None
+
+    def fit(self, user_items: sp.csr_matrix) -> None:
+        binary = (user_items > 0).astype(np.float64)
+        gram = (binary.T @ binary).toarray()
+        gram[np.diag_indices_from(gram)] += self.l2
+        inverse = np.linalg.inv(gram)
+        weights = -inverse / np.diag(inverse)
+        np.fill_diagonal(weights, 0.0)
+        self.weights = weights.astype(np.float32)
+
+    def scores(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        return np.asarray((user_items[users] > 0).astype(np.float32) @ self.weights)
+
+
+@dataclass(frozen=True)
+class ALSParams:
+    factors: int = 64
+    regularization: float = 0.05
+    iterations: int = 15
+    weighting: Weighting = field(default_factory=Weighting)
+    seed: int = 42
+    use_gpu: bool = False
+
+    def flat(self) -> dict:
+        """Flat parameter dict for MLflow and metadata."""
+        values = asdict(self)
+        weighting = values.pop("weighting")
+        return {**values, **{f"weighting_{k}": v for k, v in weighting.items()}}
+
+
+IterationCallback = Callable[[int, float, float | None], None]
+
+
+class ALS:
+    name = "als"
+
+    def __init__(self, params: ALSParams, on_iteration: IterationCallback | None = None):
+        self.params = params
+        self.on_iteration = on_iteration
+
+    def _model(self):
+        p = self.params
+        kwargs = dict(
+            factors=p.factors,
+            regularization=p.regularization,
+            alpha=1.0,  # confidence is applied by our weighting, identically at fold-in time
+            iterations=p.iterations,
+            calculate_training_loss=True,
+            random_state=p.seed,
+        )
+        if p.use_gpu:
+            import implicit.gpu
+
+            if not implicit.gpu.HAS_CUDA:
+                raise RuntimeError(
+                    "use_gpu=True but implicit was built without CUDA or no GPU is visible"
+                )
+            from implicit.gpu.als import AlternatingLeastSquares
+
+            return AlternatingLeastSquares(**kwargs)
+        # implicit.als.AlternatingLeastSquares silently picks the GPU model when CUDA exists.
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        return AlternatingLeastSquares(**kwargs, num_threads=0)
+
+    def fit(self, user_items: sp.csr_matrix) -> None:
+        weighting = self.params.weighting
+        self.length_norm = (
+            item_length_norm(user_items, weighting) if weighting.scheme == "bm25" else None
+        )
+        confidence = confidence_matrix(user_items, weighting, self.length_norm)
+        model = self._model()
+        started = time.perf_counter()
+
+        def callback(iteration: int, elapsed: float, loss: float | None) -> None:
+            if self.on_iteration:
+                self.on_iteration(iteration, time.perf_counter() - started, loss)
+
+        # OpenBLAS threads fight implicit's own threads and make ALS many times slower.
+        with threadpool_limits(1, "blas"):
+            model.fit(confidence, show_progress=False, callback=callback)
+        if self.params.use_gpu:
+            model = model.to_cpu()
+        self.user_factors = np.ascontiguousarray(model.user_factors, dtype=np.float32)
+        self.item_factors = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+
+    def scores(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        return self.user_factors[users] @ self.item_factors.T

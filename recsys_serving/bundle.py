@@ -1,0 +1,214 @@
+"""The production bundle: an immutable, versioned, self-verifying directory a server can load.
+
+Layout of ``<bundle_root>/<version>/``::
+
+    manifest.json        format version, created_at, code/model version, dataset fingerprint,
+                         parameters, metrics, fold-in settings, counts, sha256 of every file
+    item_factors.npy     float32 [n_items, f]      row i belongs to item_ids[i]
+    user_factors.npy     float32 [n_users, f]      row u belongs to user_ids[u]
+    item_ids.npy         int64 movie ids
+    user_ids.npy         int64 user ids
+    seen.npz             CSR users x items: every movie each user has rated (to exclude)
+    index.faiss          FAISS index over item factors, ids = movie ids, inner product
+    movies.parquet       movie_id, title, year, genres (for every item in the model)
+    popularity.json      {"overall": [movie ids], "by_genre": {genre: [movie ids]}}
+    bm25_length_norm.npy only with bm25 weighting: per-item BM25 length normalisation
+
+Written into a temporary directory and renamed, so a bundle directory is either complete or
+absent; every file's hash is checked on load, so a corrupted bundle is refused.
+No dagster import here: the serving package loads bundles with this module alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import faiss
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from .confidence import Weighting
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class BundleError(RuntimeError):
+    """A bundle is missing, incomplete, corrupted or of an unknown format."""
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+    item_ids: np.ndarray
+    user_ids: np.ndarray
+    item_factors: np.ndarray
+    user_factors: np.ndarray
+    seen: sp.csr_matrix
+    index: faiss.Index
+    movies: pl.DataFrame
+    popularity: dict
+    length_norm: np.ndarray | None = None
+    weighting: Weighting = field(default_factory=Weighting)
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def regularization(self) -> float:
+        return float(self.manifest["fold_in"]["regularization"])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def popularity_ranking(
+    seen: sp.csr_matrix, item_ids: np.ndarray, movies: pl.DataFrame, top: int = 500
+) -> dict:
+    """Most-rated items overall and per genre, as movie ids."""
+    counts = np.asarray((seen > 0).sum(axis=0)).ravel()
+    order = np.argsort(-counts, kind="stable")
+    overall = item_ids[order]
+    genres_of = dict(zip(movies["movie_id"].to_list(), movies["genres"].to_list(), strict=True))
+    by_genre: dict[str, list[int]] = {}
+    for movie in overall.tolist():
+        for genre in genres_of.get(movie) or []:
+            ranked = by_genre.setdefault(genre, [])
+            if len(ranked) < top:
+                ranked.append(movie)
+    return {"overall": overall[:top].tolist(), "by_genre": by_genre}
+
+
+def write_bundle(
+    root: Path,
+    *,
+    item_ids: np.ndarray,
+    user_ids: np.ndarray,
+    item_factors: np.ndarray,
+    user_factors: np.ndarray,
+    seen: sp.csr_matrix,
+    index: faiss.Index,
+    movies: pl.DataFrame,
+    weighting: Weighting,
+    regularization: float,
+    length_norm: np.ndarray | None,
+    manifest: dict,
+) -> Path:
+    """Write a new bundle under ``root`` and return its directory (named by its version)."""
+    n_items, n_users = len(item_ids), len(user_ids)
+    if item_factors.shape[0] != n_items or user_factors.shape[0] != n_users:
+        raise BundleError("factor rows do not match the id maps")
+    if seen.shape != (n_users, n_items):
+        raise BundleError(f"seen matrix is {seen.shape}, expected {(n_users, n_items)}")
+    if set(movies.columns) < {"movie_id", "title", "year", "genres"}:
+        raise BundleError("movies need movie_id, title, year and genres")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=root))
+    try:
+        np.save(staging / "item_factors.npy", np.ascontiguousarray(item_factors, dtype=np.float32))
+        np.save(staging / "user_factors.npy", np.ascontiguousarray(user_factors, dtype=np.float32))
+        np.save(staging / "item_ids.npy", np.asarray(item_ids, dtype=np.int64))
+        np.save(staging / "user_ids.npy", np.asarray(user_ids, dtype=np.int64))
+        sp.save_npz(staging / "seen.npz", seen.tocsr().astype(np.float32))
+        faiss.write_index(index, str(staging / "index.faiss"))
+        catalogue = movies.filter(pl.col("movie_id").is_in(np.asarray(item_ids).tolist()))
+        catalogue.select("movie_id", "title", "year", "genres").write_parquet(
+            staging / "movies.parquet"
+        )
+        popularity = popularity_ranking(seen, np.asarray(item_ids), catalogue)
+        (staging / "popularity.json").write_text(json.dumps(popularity))
+        if weighting.scheme == "bm25":
+            if length_norm is None:
+                raise BundleError("bm25 weighting needs the items' length normalisation")
+            np.save(staging / "bm25_length_norm.npy", np.asarray(length_norm, dtype=np.float32))
+        files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
+        content = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        created = datetime.now(UTC)
+        version = f"{created:%Y%m%dT%H%M%S}Z-{content[:8]}"
+        full = {
+            **manifest,
+            "format_version": FORMAT_VERSION,
+            "version": version,
+            "created_at": created.isoformat(timespec="seconds"),
+            "fold_in": {"regularization": regularization, "weighting": weighting.to_dict()},
+            "counts": {"users": n_users, "items": n_items, "factors": int(item_factors.shape[1])},
+            "files": files,
+        }
+        (staging / MANIFEST).write_text(json.dumps(full, indent=2, default=str) + "\n")
+        target = root / version
+        if target.exists():
+            raise BundleError(f"bundle {target} already exists: bundles are immutable")
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def read_manifest(path: Path) -> dict:
+    manifest_path = Path(path) / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{path} is not a bundle: no {MANIFEST}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: bundle format {manifest.get('format_version')!r}, this code reads {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def verify_bundle(path: Path) -> dict:
+    """Check the format version and every file's hash; returns the manifest."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    for name, expected in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"{path}: {name} is missing")
+        if _sha256(file) != expected:
+            raise BundleError(f"{path}: {name} is corrupted (sha256 differs from the manifest)")
+    return manifest
+
+
+def load_bundle(path: Path) -> Bundle:
+    """Load and validate a bundle; raises :class:`BundleError` on anything wrong."""
+    path = Path(path)
+    manifest = verify_bundle(path)
+    weighting = Weighting(**manifest["fold_in"]["weighting"])
+    norm_file = path / "bm25_length_norm.npy"
+    bundle = Bundle(
+        path=path,
+        manifest=manifest,
+        item_ids=np.load(path / "item_ids.npy"),
+        user_ids=np.load(path / "user_ids.npy"),
+        item_factors=np.load(path / "item_factors.npy"),
+        user_factors=np.load(path / "user_factors.npy"),
+        seen=sp.load_npz(path / "seen.npz").tocsr(),
+        index=faiss.read_index(str(path / "index.faiss")),
+        movies=pl.read_parquet(path / "movies.parquet"),
+        popularity=json.loads((path / "popularity.json").read_text()),
+        length_norm=np.load(norm_file) if norm_file.is_file() else None,
+        weighting=weighting,
+    )
+    if bundle.index.ntotal != len(bundle.item_ids):
+        raise BundleError(
+            f"{path}: index holds {bundle.index.ntotal} vectors, expected {len(bundle.item_ids)}"
+        )
+    return bundle

@@ -137,7 +137,15 @@ def write_bundle(
                 raise BundleError("bm25 weighting needs the items' length normalisation")
             np.save(staging / "bm25_length_norm.npy", np.asarray(length_norm, dtype=np.float32))
         files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
-        content = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        described = {
+            "files": files,
+            "manifest": manifest,
+            "weighting": weighting.to_dict(),
+            "l2": regularization,
+        }
+        content = hashlib.sha256(
+            json.dumps(described, sort_keys=True, default=str).encode()
+        ).hexdigest()
         created = datetime.now(UTC)
         version = f"{created:%Y%m%dT%H%M%S}Z-{content[:8]}"
         full = {

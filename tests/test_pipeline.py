@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import dagster as dg
+import mlflow
 import polars as pl
 from conftest import CSV_RATINGS, write_lines
 
 from recsys_assets.definitions import all_assets, all_checks, defs
-from recsys_assets.defs.resources import AtomicFileIOManager, DatasetSource
+from recsys_assets.defs.modeling import ALSModelConfig
+from recsys_assets.defs.resources import (
+    AtomicFileIOManager,
+    BundleStore,
+    DatasetSource,
+    MLflowTracking,
+)
+from recsys_serving.bundle import load_bundle
 
 ASSETS = [
     "raw_movies",
@@ -20,22 +29,45 @@ ASSETS = [
     "temporal_splits",
     "item_features",
     "user_features",
+    "als_model",
+    "faiss_index",
+    "production_bundle",
 ]
-DOWNSTREAM_OF_RATINGS = ["interactions", "temporal_splits", "item_features", "user_features"]
+DOWNSTREAM_OF_RATINGS = ASSETS[2:]
+FAST_TRAINING = ALSModelConfig(
+    search_factors=[16, 32],
+    search_regularization=[0.1],
+    search_weighting=["log"],
+    search_alpha=[1.0],
+    n_trials=2,
+    bootstrap_samples=100,
+)
 
 
-def run_graph(tmp_path: Path, **source: object) -> dg.ExecuteInProcessResult:
+def run_graph(
+    tmp_path: Path,
+    als: ALSModelConfig = FAST_TRAINING,
+    selection: list[str] | None = None,
+    **source: object,
+) -> dg.ExecuteInProcessResult:
     data_root = tmp_path / "data"
     resources = {
         "source": DatasetSource(data_root=str(data_root), allow_download=False, **source),
         "io_manager": AtomicFileIOManager(base_dir=str(data_root / "assets")),
+        "mlflow_tracking": MLflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        "bundle_store": BundleStore(root=str(data_root / "bundles")),
     }
     return dg.materialize(
         [*all_assets, *all_checks],
         resources=resources,
         instance=dg.DagsterInstance.ephemeral(),
+        run_config=dg.RunConfig(ops={"als_model": als}),
         raise_on_error=False,
     )
+
+
+def mlflow_client(tmp_path: Path) -> mlflow.MlflowClient:
+    return MLflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").client()
 
 
 def materialized(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
@@ -71,9 +103,14 @@ def test_full_graph_on_synthetic_data(tmp_path: Path) -> None:
     assert sorted(metadata) == sorted(ASSETS)
     for name, entries in metadata.items():
         assert "synthetic" in entries["data_source"].value, name
-        assert entries["dagster/row_count"].value > 0, name
+        if name in ASSETS[:6]:
+            assert entries["dagster/row_count"].value > 0, name
     assert all(evaluation.passed for evaluation in checks(result).values())
-    assert set(checks(result)) == {"raw_ratings_expectations", "interactions_expectations_check"}
+    assert set(checks(result)) == {
+        "raw_ratings_expectations",
+        "interactions_expectations_check",
+        "faiss_index_recall",
+    }
 
     assets_dir = tmp_path / "data" / "assets"
     ratings = pl.read_parquet(assets_dir / "raw_ratings.parquet")
@@ -88,6 +125,54 @@ def test_full_graph_on_synthetic_data(tmp_path: Path) -> None:
     items = pl.read_parquet(assets_dir / "item_features.parquet")
     assert len(items) == len(pl.read_parquet(assets_dir / "raw_movies.parquet"))
     assert not list(assets_dir.glob(".*")), "temporary files left behind"
+
+    # Training: ALS beside the baselines, tracked in MLflow, bundle registered as challenger.
+    model_meta = metadata["als_model"]
+    assert model_meta["als_ndcg@10"].value > model_meta["most_popular_ndcg@10"].value
+    assert (
+        "item_knn" in model_meta["test_metrics"].value
+        and "ease" in model_meta["test_metrics"].value
+    )
+    assert "data:image/png;base64" in model_meta["ndcg_chart"].value
+    client = mlflow_client(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("movielens-recsys").experiment_id])
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}  # parent + 2 trials
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.data.tags["dagster.run_id"] == result.run_id
+    assert parent.data.tags["dagster.asset_key"] == "als_model"
+    assert (
+        "test_als_ndcg_at_10" in parent.data.metrics
+        and "test_most_popular_ndcg_at_10" in parent.data.metrics
+    )
+    version = client.get_model_version_by_alias("movielens-als", "challenger")
+    bundle_meta = metadata["production_bundle"]
+    assert version.tags["bundle_version"] == bundle_meta["bundle_version"].value
+    assert version.tags["dataset_fingerprint"] == parent.data.tags["dataset_fingerprint"]
+    assert version.run_id == parent.info.run_id
+    bundle = load_bundle(Path(bundle_meta["bundle_path"].value))
+    assert bundle.manifest["mlflow_run_id"] == parent.info.run_id
+    assert bundle.manifest["dataset"]["fingerprint"] == version.tags["dataset_fingerprint"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "bundle")}
+    assert "bundle/manifest.json" in artifacts
+
+
+def test_failed_training_leaves_no_mlflow_run_running(tmp_path: Path) -> None:
+    broken = ALSModelConfig(**{**FAST_TRAINING.model_dump(), "primary_metric": "no_such_metric@10"})
+    result = run_graph(
+        tmp_path,
+        als=broken,
+        dataset="synthetic",
+        synthetic_users=200,
+        synthetic_movies=300,
+        synthetic_ratings=8_000,
+    )
+    assert not result.success
+    assert [e.step_key for e in result.all_events if e.is_step_failure] == ["als_model"]
+    client = mlflow_client(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("movielens-recsys").experiment_id])
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.status for r in parent] == ["FAILED"]
+    assert all(r.info.status != "RUNNING" for r in runs)
 
 
 def test_failing_blocking_check_stops_downstream(tmp_path: Path, csv_dir: Path) -> None:
@@ -117,7 +202,7 @@ def test_malformed_file_fails_with_file_and_line(tmp_path: Path, csv_dir: Path) 
 
 
 def test_ml_latest_small_counts(tmp_path: Path, ml_latest_small: Path) -> None:
-    result = run_graph(tmp_path, data_dir=str(ml_latest_small))
+    result = run_graph(tmp_path, als=ALSModelConfig(), data_dir=str(ml_latest_small))
     assert result.success
     metadata = materialized(result)
     assert metadata["raw_ratings"]["dagster/row_count"].value == 100_836
@@ -125,6 +210,13 @@ def test_ml_latest_small_counts(tmp_path: Path, ml_latest_small: Path) -> None:
     assert metadata["raw_movies"]["dagster/row_count"].value == 9_742
     assert "ml-latest-small" in metadata["interactions"]["data_source"].value
     assert all(evaluation.passed for evaluation in checks(result).values())
+    # The quality bar, with the default (tuned) training: ALS beats popularity outside the
+    # intervals and is not worse than item-kNN.
+    model = pickle.loads((tmp_path / "data" / "assets" / "als_model.pickle").read_bytes())
+    als, popular = model.evaluation.get("als"), model.evaluation.get("most_popular")
+    for metric in ("ndcg@10", "recall@10"):
+        assert als.intervals[metric][0] > popular.intervals[metric][1], metric
+    assert als.metrics["ndcg@10"] >= model.evaluation.get("item_knn").metrics["ndcg@10"]
 
 
 def test_pure_modules_and_serving_do_not_import_dagster() -> None:
@@ -151,6 +243,7 @@ def test_cli_materialize_all(tmp_path: Path) -> None:
         "RECSYS_SYNTHETIC_RATINGS": "10000",
         "RECSYS_SYNTHETIC_USERS": "200",
         "RECSYS_SYNTHETIC_MOVIES": "400",
+        "RECSYS_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }
     cli = Path(sys.executable).parent / "dagster"
     completed = subprocess.run(
@@ -164,4 +257,5 @@ def test_cli_materialize_all(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert (tmp_path / "data" / "assets" / "user_features.parquet").is_file()
+    assert len(list((tmp_path / "data" / "bundles").iterdir())) == 1
     assert (home / "history" / "runs.db").is_file() or any(home.rglob("*.db"))

@@ -93,7 +93,7 @@ def als_model(
     source = upstream_source(context)
     client = mlflow_tracking.client()
     tags = {
-        "dagster.run_id": context.run_id,
+        "dagster.run_id": context.run.run_id,
         "dagster.asset_key": context.asset_key.to_user_string(),
         "data_source": source,
     }
@@ -221,6 +221,7 @@ def faiss_index(
     wrapped = ItemIndex.wrap(index, config.kind, bound, settings)
     context.add_output_metadata(
         {
+            "data_source": upstream_source(context),
             "kind": config.kind,
             "vectors": int(index.ntotal),
             "dimensions": int(als_model.item_factors.shape[1]),
@@ -287,7 +288,7 @@ def production_bundle(
         "metrics": {r.method: r.metrics for r in als_model.evaluation.results},
         "index": {"kind": faiss_index.kind, **faiss_index.settings},
         "mlflow_run_id": als_model.mlflow_run_id,
-        "dagster_run_id": context.run_id,
+        "dagster_run_id": context.run.run_id,
     }
     path = write_bundle(
         bundle_store.path(),
@@ -322,7 +323,7 @@ def production_bundle(
             "bundle_version": version,
             "bundle_path": str(path),
             "dataset_fingerprint": als_model.dataset_fingerprint,
-            "dagster.run_id": context.run_id,
+            "dagster.run_id": context.run.run_id,
             "dagster.asset_key": context.asset_key.to_user_string(),
             "test_ndcg_at_10": f"{ndcg:.6f}",
         },
@@ -331,6 +332,7 @@ def production_bundle(
     size = sum(f.stat().st_size for f in path.iterdir())
     context.add_output_metadata(
         {
+            "data_source": upstream_source(context),
             "bundle_version": version,
             "bundle_path": dg.MetadataValue.path(str(path)),
             "size_mb": round(size / 1e6, 2),

@@ -14,6 +14,12 @@ from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
+
+# implicit.als.AlternatingLeastSquares silently picks the GPU model when CUDA exists; the CPU class
+# is named explicitly. Imported here, before any BLAS limit is set, so threadpool_limits sees (and
+# limits) every BLAS library implicit loads.
+from implicit.cpu.als import AlternatingLeastSquares as CpuAlternatingLeastSquares
+from implicit.nearest_neighbours import ItemItemRecommender, bm25_weight
 from threadpoolctl import threadpool_limits
 
 from recsys_serving.confidence import Weighting, confidence_matrix, item_length_norm
@@ -50,10 +56,10 @@ class ItemKNN:
         self.neighbours, self.k1, self.b = neighbours, k1, b
 
     def fit(self, user_items: sp.csr_matrix) -> None:
-        from implicit.nearest_neighbours import BM25Recommender
-
-        model = BM25Recommender(K=self.neighbours, K1=self.k1, B=self.b, num_threads=1)
-        model.fit(user_items.astype(np.float32), show_progress=False)
+        # BM25Recommender.fit, but handing implicit the CSR it expects instead of a COO matrix.
+        weighted = bm25_weight(user_items.T.astype(np.float32), self.k1, self.b).T.tocsr()
+        model = ItemItemRecommender(K=self.neighbours, num_threads=1)
+        model.fit(weighted, show_progress=False)
         self.similarity = model.similarity.tocsr()
 
     def scores(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
@@ -135,10 +141,7 @@ class ALS:
             from implicit.gpu.als import AlternatingLeastSquares
 
             return AlternatingLeastSquares(**kwargs)
-        # implicit.als.AlternatingLeastSquares silently picks the GPU model when CUDA exists.
-        from implicit.cpu.als import AlternatingLeastSquares
-
-        return AlternatingLeastSquares(**kwargs, num_threads=0)
+        return CpuAlternatingLeastSquares(**kwargs, num_threads=0)
 
     def fit(self, user_items: sp.csr_matrix) -> None:
         weighting = self.params.weighting
@@ -146,7 +149,6 @@ class ALS:
             item_length_norm(user_items, weighting) if weighting.scheme == "bm25" else None
         )
         confidence = confidence_matrix(user_items, weighting, self.length_norm)
-        model = self._model()
         started = time.perf_counter()
 
         def callback(iteration: int, elapsed: float, loss: float | None) -> None:
@@ -155,6 +157,7 @@ class ALS:
 
         # OpenBLAS threads fight implicit's own threads and make ALS many times slower.
         with threadpool_limits(1, "blas"):
+            model = self._model()
             model.fit(confidence, show_progress=False, callback=callback)
         if self.params.use_gpu:
             model = model.to_cpu()

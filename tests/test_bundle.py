@@ -1,0 +1,102 @@
+"""The production bundle: round trip, immutability, tamper detection, no dagster needed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import scipy.sparse as sp
+
+from recsys_assets.modeling.index import build_index
+from recsys_serving.bundle import BundleError, load_bundle, verify_bundle, write_bundle
+from recsys_serving.confidence import Weighting
+
+BM25 = Weighting("bm25")
+
+
+def _write(root: Path, weighting: Weighting = BM25) -> tuple[Path, dict]:
+    rng = np.random.default_rng(0)
+    item_ids = np.array([3, 10, 42, 77, 90], dtype=np.int64)
+    user_ids = np.array([1, 2, 5], dtype=np.int64)
+    items = rng.normal(size=(5, 4)).astype(np.float32)
+    users = rng.normal(size=(3, 4)).astype(np.float32)
+    seen = sp.csr_matrix(
+        np.array([[1, 0, 0, 1, 0], [0, 1, 0, 0, 0], [1, 1, 1, 0, 0]], dtype=np.float32)
+    )
+    movies = pl.DataFrame(
+        {
+            "movie_id": [3, 10, 42, 77, 90, 999],
+            "title": ["A", "B", "C", "D", "E", "not in model"],
+            "year": [1990, 1991, None, 1993, 1994, 2000],
+            "genres": [["Drama"], ["Comedy", "Drama"], [], ["Comedy"], ["Drama"], ["Horror"]],
+        },
+        schema_overrides={"movie_id": pl.Int32, "year": pl.Int16},
+    )
+    path = write_bundle(
+        root,
+        item_ids=item_ids,
+        user_ids=user_ids,
+        item_factors=items,
+        user_factors=users,
+        seen=seen,
+        index=build_index(items, item_ids),
+        movies=movies,
+        weighting=weighting,
+        regularization=0.1,
+        length_norm=np.ones(5, dtype=np.float32) if weighting.scheme == "bm25" else None,
+        manifest={"model": {"params": {"factors": 4}}, "metrics": {"als": {"ndcg@10": 0.1}}},
+    )
+    return path, {"items": items, "users": users, "item_ids": item_ids, "seen": seen}
+
+
+def test_round_trip_gives_the_same_recommendations(tmp_path: Path) -> None:
+    path, original = _write(tmp_path)
+    bundle = load_bundle(path)
+    assert bundle.version == path.name and bundle.manifest["counts"] == {
+        "users": 3,
+        "items": 5,
+        "factors": 4,
+    }
+    np.testing.assert_array_equal(bundle.item_factors, original["items"])
+    _, found = bundle.index.search(bundle.user_factors, 5)
+    expected = original["item_ids"][np.argsort(-(original["users"] @ original["items"].T), axis=1)]
+    np.testing.assert_array_equal(found, expected)
+    assert (bundle.seen != original["seen"]).nnz == 0
+    assert bundle.movies["movie_id"].to_list() == [3, 10, 42, 77, 90]  # only the catalogue
+    assert bundle.popularity["overall"][:2] == [3, 10]  # 2 ratings each, stable order
+    assert bundle.popularity["by_genre"]["Comedy"] == [10, 77]
+    assert bundle.weighting == Weighting("bm25") and bundle.regularization == 0.1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging left behind"
+
+
+def test_tampered_file_is_refused(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path)
+    factors = np.load(path / "item_factors.npy")
+    factors[0, 0] += 1.0
+    np.save(path / "item_factors.npy", factors)
+    with pytest.raises(BundleError, match="item_factors.npy is corrupted"):
+        load_bundle(path)
+
+
+def test_missing_file_and_unknown_format_are_refused(tmp_path: Path) -> None:
+    path, _ = _write(tmp_path)
+    (path / "seen.npz").unlink()
+    with pytest.raises(BundleError, match="seen.npz is missing"):
+        verify_bundle(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="bundle format 99"):
+        load_bundle(path)
+    with pytest.raises(BundleError, match="not a bundle"):
+        load_bundle(tmp_path)
+
+
+def test_each_bundle_is_a_new_version(tmp_path: Path) -> None:
+    first, _ = _write(tmp_path, Weighting("log", alpha=2.0))
+    second, _ = _write(tmp_path, Weighting("linear"))
+    assert first != second and first.is_dir() and second.is_dir()
+    assert not (first / "bm25_length_norm.npy").exists()

@@ -1,0 +1,150 @@
+"""ALS and baselines on synthetic data, confidence weighting, cold-start fold-in, FAISS index."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import polars as pl
+import pytest
+import scipy.sparse as sp
+
+from recsys_assets.modeling.index import build_index, index_recall
+from recsys_assets.modeling.matrices import IdMap, to_csr
+from recsys_assets.modeling.recommenders import ALS, EASE, ALSParams
+from recsys_assets.modeling.training import TrainingPlan, train_and_evaluate
+from recsys_assets.modeling.tuning import SearchSpace, sample_trials
+from recsys_assets.processing.interactions import InteractionRules, build_interactions
+from recsys_assets.processing.splits import SplitRules, temporal_split
+from recsys_assets.sources.synthetic import SyntheticConfig, generate
+from recsys_serving.confidence import Weighting, confidence_matrix, fold_in, item_length_norm
+
+
+@pytest.fixture(scope="module")
+def synthetic_splits() -> dict[str, pl.DataFrame]:
+    _, ratings = generate(SyntheticConfig(n_users=800, n_movies=1500, n_ratings=60_000, seed=5))
+    ratings = ratings.rename({"userId": "user_id", "movieId": "movie_id"})
+    interactions, _ = build_interactions(ratings, InteractionRules())
+    return temporal_split(interactions, SplitRules(strategy="leave_last_n", n=2))
+
+
+def test_tuned_als_beats_popularity_outside_the_intervals(synthetic_splits) -> None:
+    plan = TrainingPlan(
+        space=SearchSpace(
+            factors=(32, 64),
+            regularization=(0.1,),
+            weighting=("log", "linear"),
+            alpha=(1.0, 4.0),
+            n_trials=4,
+        ),
+        bootstrap_samples=300,
+    )
+    model = train_and_evaluate(synthetic_splits, plan)
+    als, popular = model.evaluation.get("als"), model.evaluation.get("most_popular")
+    for metric in ("ndcg@10", "recall@10"):
+        assert als.intervals[metric][0] > popular.intervals[metric][1], metric
+    assert als.metrics["ndcg@10"] >= model.evaluation.get("item_knn").metrics["ndcg@10"] * 0.9
+    assert len(model.trials) == 4 and model.params == model.trials[0].params
+    assert model.trials[0].score >= model.trials[-1].score
+    assert model.user_factors.shape == (len(model.ids.user_ids), model.params.factors)
+
+
+def test_ease_is_skipped_with_a_reason_above_the_cap(synthetic_splits) -> None:
+    plan = TrainingPlan(tune=False, ease_max_items=10, bootstrap_samples=0)
+    model = train_and_evaluate(synthetic_splits, plan)
+    assert (
+        "ease" in model.evaluation.skipped and "exceed the cap" in model.evaluation.skipped["ease"]
+    )
+    assert {r.method for r in model.evaluation.results} == {"als", "most_popular", "item_knn"}
+
+
+def test_grid_is_sampled_without_repeats() -> None:
+    space = SearchSpace(
+        factors=(8, 16, 32),
+        regularization=(0.1, 1.0),
+        weighting=("log",),
+        alpha=(1.0, 2.0),
+        n_trials=5,
+    )
+    trials = sample_trials(space, ALSParams())
+    assert len(trials) == 5 and len({t.flat().__repr__() for t in trials}) == 5
+    assert sample_trials(space, ALSParams()) == trials  # seeded
+
+
+@pytest.mark.parametrize("scheme", ["linear", "log", "bm25"])
+def test_fold_in_matches_the_training_solve(scheme: str) -> None:
+    """A user folded in from their history equals implicit's own exact user solve."""
+    rng = np.random.default_rng(0)
+    matrix = sp.random(60, 40, density=0.2, format="csr", random_state=3, dtype=np.float32)
+    matrix.data[:] = rng.integers(1, 5, size=matrix.nnz)
+    weighting = Weighting(scheme=scheme, alpha=2.0)
+    model = ALS(ALSParams(factors=8, regularization=0.5, iterations=5, weighting=weighting))
+    model.fit(matrix)
+    norm = item_length_norm(matrix, weighting) if scheme == "bm25" else None
+    confidence = confidence_matrix(matrix, weighting, norm)
+    y = model.item_factors.astype(np.float64)
+    for user in (0, 7, 31):
+        row = confidence[user]
+        c = row.data.astype(np.float64)
+        a = y.T @ y + (y[row.indices].T * (c - 1)) @ y[row.indices] + 0.5 * np.eye(8)
+        expected = np.linalg.solve(a, y[row.indices].T @ c)
+        got = fold_in(
+            model.item_factors, matrix[user].indices, matrix[user].data, 0.5, weighting, norm
+        )
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+        # ALS's own user factors came from the same equations (the last user step), so fold-in of a
+        # training user recommends nearly the same items.
+        assert (
+            np.corrcoef(
+                got @ model.item_factors.T, model.user_factors[user] @ model.item_factors.T
+            )[0, 1]
+            > 0.9
+        )
+
+
+def test_flat_index_equals_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(500, 16)).astype(np.float32)
+    ids = np.sort(rng.choice(100_000, size=500, replace=False)).astype(np.int64)
+    queries = rng.normal(size=(50, 16)).astype(np.float32)
+    index = build_index(items, ids, kind="flat")
+    _, found = index.search(queries, 10)
+    expected = ids[np.argsort(-(queries @ items.T), axis=1)[:, :10]]
+    np.testing.assert_array_equal(found, expected)
+    assert index_recall(index, queries, items, ids, k=10) == 1.0
+    restored = faiss.deserialize_index(faiss.serialize_index(index))
+    np.testing.assert_array_equal(restored.search(queries, 10)[1], expected)
+
+
+def test_approximate_index_recall_is_measured() -> None:
+    rng = np.random.default_rng(1)
+    items = rng.normal(size=(3000, 16)).astype(np.float32)
+    ids = np.arange(3000, dtype=np.int64) + 1
+    queries = rng.normal(size=(200, 16)).astype(np.float32)
+    good = index_recall(
+        build_index(items, ids, kind="hnsw", hnsw_ef_search=256), queries, items, ids, 10
+    )
+    poor = index_recall(
+        build_index(items, ids, kind="ivf", ivf_nlist=100, ivf_nprobe=1), queries, items, ids, 10
+    )
+    assert good >= 0.95 and poor < 0.9
+
+
+def test_id_map_drops_unknown_ids() -> None:
+    frame = pl.DataFrame(
+        {"user_id": [5, 9, 5], "movie_id": [100, 100, 7], "weight": [1.0, 2.0, 3.0]}
+    )
+    ids = IdMap.from_frame(frame.head(2))
+    matrix = to_csr(frame, ids)
+    assert matrix.shape == (2, 1) and matrix.sum() == pytest.approx(3.0)
+    assert ids.user_index(np.array([9, 4])).tolist() == [1, -1]
+
+
+def test_ease_closed_form_on_a_tiny_matrix() -> None:
+    x = sp.csr_matrix(np.array([[1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1]], dtype=np.float32))
+    ease = EASE(l2=1.0)
+    ease.fit(x)
+    gram = x.T.toarray() @ x.toarray() + np.eye(3)
+    p = np.linalg.inv(gram)
+    expected = np.eye(3) - p / np.diag(p)
+    np.fill_diagonal(expected, 0)
+    np.testing.assert_allclose(ease.weights, expected, rtol=1e-5, atol=1e-6)

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 
-.PHONY: install demo materialize ui test lint clean
+.PHONY: install demo materialize ui mlflow test lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ materialize: install
 
 ui: install
 	$(BIN)/dagster dev -w workspace.yaml
+
+mlflow: install
+	$(BIN)/mlflow ui --backend-store-uri "$${RECSYS_MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/dagster_home/mlflow.db}"
 
 ## test: set up, then run the test suite
 test: install

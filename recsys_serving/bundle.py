@@ -9,6 +9,8 @@ Layout of ``<bundle_root>/<version>/``::
     item_ids.npy         int64 movie ids
     user_ids.npy         int64 user ids
     seen.npz             CSR users x items: every movie each user has rated (to exclude)
+    liked.npz            CSR users x items: the training weights the model was fitted on (for
+                         explanations: which liked movie contributed most to a score)
     index.faiss          FAISS index over item factors, ids = movie ids, inner product
     movies.parquet       movie_id, title, year, genres (for every item in the model)
     popularity.json      {"overall": [movie ids], "by_genre": {genre: [movie ids]}}
@@ -36,7 +38,7 @@ import scipy.sparse as sp
 
 from .confidence import Weighting
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: liked.npz and fold_in.liked_value
 MANIFEST = "manifest.json"
 
 
@@ -53,6 +55,7 @@ class Bundle:
     item_factors: np.ndarray
     user_factors: np.ndarray
     seen: sp.csr_matrix
+    liked: sp.csr_matrix
     index: faiss.Index
     movies: pl.DataFrame
     popularity: dict
@@ -101,6 +104,7 @@ def write_bundle(
     item_factors: np.ndarray,
     user_factors: np.ndarray,
     seen: sp.csr_matrix,
+    liked: sp.csr_matrix,
     index: faiss.Index,
     movies: pl.DataFrame,
     weighting: Weighting,
@@ -112,8 +116,9 @@ def write_bundle(
     n_items, n_users = len(item_ids), len(user_ids)
     if item_factors.shape[0] != n_items or user_factors.shape[0] != n_users:
         raise BundleError("factor rows do not match the id maps")
-    if seen.shape != (n_users, n_items):
-        raise BundleError(f"seen matrix is {seen.shape}, expected {(n_users, n_items)}")
+    for name, matrix in (("seen", seen), ("liked", liked)):
+        if matrix.shape != (n_users, n_items):
+            raise BundleError(f"{name} matrix is {matrix.shape}, expected {(n_users, n_items)}")
     if set(movies.columns) < {"movie_id", "title", "year", "genres"}:
         raise BundleError("movies need movie_id, title, year and genres")
     root = Path(root)
@@ -125,6 +130,7 @@ def write_bundle(
         np.save(staging / "item_ids.npy", np.asarray(item_ids, dtype=np.int64))
         np.save(staging / "user_ids.npy", np.asarray(user_ids, dtype=np.int64))
         sp.save_npz(staging / "seen.npz", seen.tocsr().astype(np.float32))
+        sp.save_npz(staging / "liked.npz", liked.tocsr().astype(np.float32))
         faiss.write_index(index, str(staging / "index.faiss"))
         catalogue = movies.filter(pl.col("movie_id").is_in(np.asarray(item_ids).tolist()))
         catalogue.select("movie_id", "title", "year", "genres").write_parquet(
@@ -153,7 +159,12 @@ def write_bundle(
             "format_version": FORMAT_VERSION,
             "version": version,
             "created_at": created.isoformat(timespec="seconds"),
-            "fold_in": {"regularization": regularization, "weighting": weighting.to_dict()},
+            "fold_in": {
+                "regularization": regularization,
+                "weighting": weighting.to_dict(),
+                # the interaction weight a cold-start "liked" movie gets: the typical training one
+                "liked_value": float(np.median(liked.data)) if liked.nnz else 1.0,
+            },
             "counts": {"users": n_users, "items": n_items, "factors": int(item_factors.shape[1])},
             "files": files,
         }
@@ -209,6 +220,7 @@ def load_bundle(path: Path) -> Bundle:
         item_factors=np.load(path / "item_factors.npy"),
         user_factors=np.load(path / "user_factors.npy"),
         seen=sp.load_npz(path / "seen.npz").tocsr(),
+        liked=sp.load_npz(path / "liked.npz").tocsr(),
         index=faiss.read_index(str(path / "index.faiss")),
         movies=pl.read_parquet(path / "movies.parquet"),
         popularity=json.loads((path / "popularity.json").read_text()),

@@ -42,6 +42,7 @@ def _write(root: Path, weighting: Weighting = BM25) -> tuple[Path, dict]:
         item_factors=items,
         user_factors=users,
         seen=seen,
+        liked=seen * 2.0,
         index=build_index(items, item_ids),
         movies=movies,
         weighting=weighting,
@@ -65,6 +66,8 @@ def test_round_trip_gives_the_same_recommendations(tmp_path: Path) -> None:
     expected = original["item_ids"][np.argsort(-(original["users"] @ original["items"].T), axis=1)]
     np.testing.assert_array_equal(found, expected)
     assert (bundle.seen != original["seen"]).nnz == 0
+    assert bundle.liked.sum() == 2 * original["seen"].sum()
+    assert bundle.manifest["fold_in"]["liked_value"] == 2.0
     assert bundle.movies["movie_id"].to_list() == [3, 10, 42, 77, 90]  # only the catalogue
     assert bundle.popularity["overall"][:2] == [3, 10]  # 2 ratings each, stable order
     assert bundle.popularity["by_genre"]["Comedy"] == [10, 77]

@@ -11,6 +11,7 @@ from mlflow.entities import Metric, Param
 
 from recsys_serving.bundle import write_bundle
 from recsys_serving.confidence import Weighting
+from recsys_serving.promotion import promote, promoted_version
 
 from ..modeling.index import ItemIndex, build_index, index_recall
 from ..modeling.matrices import to_csr
@@ -265,6 +266,7 @@ def production_bundle(
     faiss_index: ItemIndex,
     raw_movies: pl.DataFrame,
     raw_ratings: pl.DataFrame,
+    temporal_splits: dict[str, pl.DataFrame],
     mlflow_tracking: MLflowTracking,
     bundle_store: BundleStore,
 ) -> dict:
@@ -297,6 +299,7 @@ def production_bundle(
         item_factors=als_model.item_factors,
         user_factors=als_model.user_factors,
         seen=sp.csr_matrix(seen),
+        liked=to_csr(pl.concat([temporal_splits["train"], temporal_splits["validation"]]), ids),
         index=faiss_index.load(),
         movies=raw_movies,
         weighting=als_model.params.weighting,
@@ -329,6 +332,19 @@ def production_bundle(
         },
     )
     client.set_registered_model_alias(name, "challenger", registered.version)
+    # The first bundle ever built is served right away; later ones wait for a promotion decision.
+    first = promoted_version(bundle_store.path()) is None
+    if first:
+        promote(
+            bundle_store.path(),
+            version,
+            reason="first bundle: no champion yet",
+            model_version=registered.version,
+        )
+        client.set_registered_model_alias(name, "champion", registered.version)
+        context.log.info(
+            f"promoted {version} (model version {registered.version}): no champion existed"
+        )
     size = sum(f.stat().st_size for f in path.iterdir())
     context.add_output_metadata(
         {
@@ -338,14 +354,20 @@ def production_bundle(
             "size_mb": round(size / 1e6, 2),
             "registered_model": name,
             "model_version": int(registered.version),
-            "alias": "challenger",
+            "alias": "champion" if first else "challenger",
+            "promoted": first,
             "test_ndcg@10": ndcg,
             "files": dg.MetadataValue.json(
                 {p.name: p.stat().st_size for p in sorted(path.iterdir())}
             ),
         }
     )
-    return {"version": version, "path": str(path), "model_version": registered.version}
+    return {
+        "version": version,
+        "path": str(path),
+        "model_version": registered.version,
+        "promoted": first,
+    }
 
 
 def _code_version() -> str:

@@ -1,0 +1,576 @@
+"""The recommendation API: ``uvicorn recsys_serving.main:app``.
+
+The promoted bundle is loaded at startup and swapped atomically when a newer one is promoted:
+each request takes the engine reference once, so in-flight requests finish on the bundle they
+started with and no response mixes two bundles. A bundle that fails to load is not swapped in;
+the old one keeps serving and ``/ready`` reports the error.
+"""
+
+import asyncio
+import json
+import logging
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from .bundle import load_bundle
+from .engine import Engine, Scored, limit_threads
+from .promotion import promoted_path
+from .request_log import RequestLog, RequestRecord
+from .schemas import (
+    Because,
+    ColdStartRequest,
+    ErrorMessage,
+    Health,
+    Movie,
+    MovieResponse,
+    PopularMovies,
+    Readiness,
+    Recommendations,
+    RecommendedMovie,
+    ReloadResult,
+    SimilarMovies,
+)
+from .settings import ServingSettings
+
+log = logging.getLogger("recsys_serving")
+UNTHROTTLED = {"/health", "/ready", "/metrics"}
+LOGGED_ROUTES = {
+    "/users/{user_id}/recommendations",
+    "/recommendations",
+    "/popular",
+    "/movies/{movie_id}/similar",
+}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "recsys_requests_total",
+            "HTTP requests",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "recsys_request_latency_seconds",
+            "Request latency",
+            ["route", "method", "status"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "recsys_fallbacks_total",
+            "Requests answered by the popularity fallback",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.bundle = Gauge(
+            "recsys_bundle_info", "The served bundle (value 1)", ["version"], registry=self.registry
+        )
+        self.swaps = Counter(
+            "recsys_bundle_swaps_total", "Bundles swapped in", registry=self.registry
+        )
+        self.load_failures = Counter(
+            "recsys_bundle_load_failures_total", "Bundles refused", registry=self.registry
+        )
+
+
+class BundleManager:
+    """Holds the served engine and swaps in newer promoted bundles."""
+
+    def __init__(self, settings: ServingSettings, metrics: Metrics):
+        self.settings, self.metrics = settings, metrics
+        self.engine: Engine | None = None
+        self.loaded_at: str | None = None
+        self.source: str | None = None
+        self.error: str | None = None
+        self._refused: Path | None = None
+        self._lock = threading.Lock()
+
+    def no_bundle_message(self) -> str:
+        where = (
+            f"MLflow alias '{self.settings.model_alias}' of {self.settings.registered_model}"
+            if self.settings.model_alias
+            else f"{self.settings.bundle_path}/CURRENT"
+        )
+        return (
+            f"No promoted bundle ({where} does not name one). Build and promote one with `make demo` "
+            "or `dagster asset materialize -m recsys_assets.definitions --select '*'`; this service "
+            f"picks it up within {self.settings.poll_seconds:g}s, or at once with POST /admin/reload."
+        )
+
+    def _locate(self) -> tuple[Path | None, str]:
+        if not self.settings.model_alias:
+            return promoted_path(
+                self.settings.bundle_path
+            ), f"pointer {self.settings.bundle_path}/CURRENT"
+        import mlflow  # only when the registry is the source of truth
+
+        uri = self.settings.mlflow_tracking_uri
+        client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        version = client.get_model_version_by_alias(
+            self.settings.registered_model, self.settings.model_alias
+        )
+        path = version.tags.get("bundle_path")
+        if not path:
+            raise RuntimeError(f"model version {version.version} has no bundle_path tag")
+        return (
+            Path(path),
+            f"MLflow {self.settings.registered_model}@{self.settings.model_alias} (v{version.version})",
+        )
+
+    def check(self, force: bool = False) -> bool:
+        """Load the promoted bundle if it is not the one served; True when a swap happened."""
+        with self._lock:
+            try:
+                path, source = self._locate()
+            except Exception as exc:  # registry unreachable, alias missing: keep serving
+                self.error = f"cannot resolve the promoted bundle: {exc}"
+                return False
+            if path is None:
+                return False
+            current = self.engine.bundle.path if self.engine else None
+            if current is not None and current.resolve() == path.resolve():
+                return False
+            if path == self._refused and not force:
+                return False
+            try:
+                engine = Engine(load_bundle(path))
+            except Exception as exc:
+                self._refused = path
+                self.metrics.load_failures.inc()
+                serving = (
+                    f"still serving {self.engine.version}" if self.engine else "nothing is served"
+                )
+                self.error = f"bundle {path.name} refused: {exc}; {serving}"
+                log.error(self.error)
+                return False
+            previous, self.engine = self.engine, engine  # the swap: one reference assignment
+            if previous is not None:
+                self.metrics.bundle.remove(previous.version)
+            self.metrics.bundle.labels(engine.version).set(1)
+            self.metrics.swaps.inc()
+            self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
+            self.source, self.error, self._refused = source, None, None
+            log.info(f"serving bundle {engine.version} from {source}")
+            return True
+
+
+class RateLimiter:
+    """Token bucket per client address."""
+
+    def __init__(self, per_second: float, burst: int):
+        self.per_second, self.burst = per_second, burst
+        self.buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, client: str) -> float:
+        """0 when allowed, else the seconds until a token is available."""
+        if self.per_second <= 0:
+            return 0.0
+        now = time.monotonic()
+        tokens, last = self.buckets.get(client, (float(self.burst), now))
+        tokens = min(self.burst, tokens + (now - last) * self.per_second)
+        if tokens < 1:
+            self.buckets[client] = (tokens, now)
+            return (1 - tokens) / self.per_second
+        if len(self.buckets) > 10_000:  # forget idle clients rather than grow without bound
+            self.buckets = {k: v for k, v in self.buckets.items() if now - v[1] < 60}
+        self.buckets[client] = (tokens - 1, now)
+        return 0.0
+
+
+@dataclass
+class Service:
+    settings: ServingSettings
+    metrics: Metrics
+    manager: BundleManager
+    limiter: RateLimiter
+    request_log: RequestLog | None = None
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+
+async def _json(
+    send: Callable, status: int, body: dict, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ]
+            + (headers or []),
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class ServiceMiddleware:
+    """Request ids, rate limiting, body size limits, Prometheus metrics and the request log.
+
+    Pure ASGI rather than BaseHTTPMiddleware: it runs on every request, /health included.
+    """
+
+    def __init__(self, app: Callable, service: Service):
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        service = self.service
+        started = time.perf_counter()
+        arrived = time.time()
+        request_id = uuid.uuid4().hex
+        status_holder = {"status": 500}
+        path = scope["path"]
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            if path not in UNTHROTTLED:
+                client = (scope.get("client") or ("unknown", 0))[0]
+                wait = service.limiter.allow(client)
+                if wait:
+                    retry = str(max(1, int(np.ceil(wait)))).encode()
+                    await _json(
+                        send_with_id,
+                        429,
+                        {"detail": "rate limit exceeded"},
+                        [(b"retry-after", retry)],
+                    )
+                    return
+            limit = service.settings.max_body_bytes
+            declared = dict(scope.get("headers") or []).get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                await _json(send_with_id, 413, {"detail": f"request body over {limit} bytes"})
+                return
+            received = 0
+
+            async def limited_receive() -> dict:
+                nonlocal received
+                message = await receive()
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge
+                return message
+
+            try:
+                await self.app(scope, limited_receive, send_with_id)
+            except BodyTooLarge:
+                await _json(send_with_id, 413, {"detail": f"request body over {limit} bytes"})
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            status = str(status_holder["status"])
+            elapsed = time.perf_counter() - started
+            service.metrics.requests.labels(template, scope["method"], status).inc()
+            service.metrics.latency.labels(template, scope["method"], status).observe(elapsed)
+            if template in LOGGED_ROUTES and service.request_log is not None:
+                served = (scope.get("state") or {}).get("served", {})
+                service.request_log.log(
+                    RequestRecord(
+                        request_id=request_id,
+                        ts=arrived,
+                        route=template,
+                        user_id=served.get("user_id"),
+                        cold_start=served.get("cold_start", False),
+                        strategy=served.get("strategy"),
+                        k=served.get("k"),
+                        items=served.get("items"),
+                        bundle_version=served.get("bundle_version"),
+                        latency_ms=elapsed * 1000,
+                        status=status_holder["status"],
+                    )
+                )
+
+
+def create_app(settings: ServingSettings | None = None) -> FastAPI:
+    settings = settings or ServingSettings()
+    metrics = Metrics()
+    service = Service(
+        settings,
+        metrics,
+        BundleManager(settings, metrics),
+        RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limit_threads()
+        await asyncio.to_thread(service.manager.check)
+        if service.manager.engine is None:
+            log.warning(service.manager.error or service.manager.no_bundle_message())
+        service.request_log = RequestLog(settings.request_log_path)
+
+        async def poll() -> None:
+            while True:
+                await asyncio.sleep(settings.poll_seconds)
+                await asyncio.to_thread(service.manager.check)
+
+        service.tasks.append(asyncio.create_task(poll()))
+        try:
+            yield
+        finally:
+            for task in service.tasks:
+                task.cancel()
+            service.request_log.close()
+
+    app = FastAPI(
+        title="MovieLens recommendations",
+        version="1.0",
+        description="Serves the promoted ALS bundle; see /ready for which one.",
+        lifespan=lifespan,
+        responses={503: {"model": ErrorMessage, "description": "no bundle is loaded"}},
+    )
+    app.state.service = service
+    app.add_middleware(ServiceMiddleware, service=service)
+
+    def engine() -> Engine:
+        current = service.manager.engine
+        if current is None:
+            raise HTTPException(
+                503, detail=service.manager.error or service.manager.no_bundle_message()
+            )
+        return current
+
+    Served = Annotated[Engine, Depends(engine)]
+    K = Annotated[int, Query(ge=1, le=settings.max_k, description="number of movies to return")]
+
+    def check_length(name: str, values: list) -> None:
+        if len(values) > settings.max_list_items:
+            raise HTTPException(
+                422, detail=f"{name}: at most {settings.max_list_items} entries, got {len(values)}"
+            )
+
+    def check_genres(current: Engine, genres: list[str], field: str) -> None:
+        unknown = current.unknown_genres(genres)
+        if unknown:
+            raise HTTPException(
+                422, detail=f"{field}: unknown genre(s) {unknown}; known: {current.genre_names}"
+            )
+
+    def movie(current: Engine, row: int) -> Movie:
+        return Movie(
+            movieId=int(current.item_ids[row]),
+            title=current.titles[row],
+            year=current.years[row],
+            genres=current.genres[row],
+        )
+
+    def items(current: Engine, scored: Scored) -> list[RecommendedMovie]:
+        out = []
+        for rank, (row, score) in enumerate(
+            zip(scored.rows.tolist(), scored.scores.tolist(), strict=True), 1
+        ):
+            because = None
+            if scored.because is not None and scored.because[rank - 1] is not None:
+                liked = scored.because[rank - 1]
+                because = Because(movieId=int(current.item_ids[liked]), title=current.titles[liked])
+            out.append(
+                RecommendedMovie(
+                    **movie(current, row).model_dump(),
+                    rank=rank,
+                    score=float(score),
+                    because=because,
+                )
+            )
+        return out
+
+    def record(
+        request: Request,
+        current: Engine,
+        strategy: str,
+        k: int,
+        served: list[RecommendedMovie],
+        **extra,
+    ) -> None:
+        request.state.served = {
+            "strategy": strategy,
+            "k": k,
+            "bundle_version": current.version,
+            "items": [(m.movieId, m.rank, round(m.score, 6)) for m in served],
+            **extra,
+        }
+
+    @app.get("/health", response_model=Health, tags=["ops"])
+    def health() -> Health:
+        return Health()
+
+    @app.get(
+        "/ready", response_model=Readiness, tags=["ops"], responses={503: {"model": Readiness}}
+    )
+    def ready() -> Response:
+        manager = service.manager
+        current = manager.engine
+        if current is None:
+            body = Readiness(ready=False, error=manager.error, message=manager.no_bundle_message())
+            return JSONResponse(body.model_dump(), status_code=503)
+        dataset = current.bundle.manifest.get("dataset", {}).get("source")
+        body = Readiness(
+            ready=True,
+            bundle_version=current.version,
+            dataset=dataset,
+            users=len(current.user_ids),
+            items=current.n_items,
+            loaded_at=manager.loaded_at,
+            source=manager.source,
+            error=manager.error or (service.request_log.error if service.request_log else None),
+        )
+        return JSONResponse(body.model_dump())
+
+    @app.get(
+        "/users/{user_id}/recommendations", response_model=Recommendations, tags=["recommendations"]
+    )
+    def recommend_for_user(
+        request: Request,
+        current: Served,
+        user_id: int,
+        k: K = 10,
+        exclude: Annotated[list[int], Query(description="movie ids never to return")] = [],  # noqa: B006
+        genres: Annotated[list[str], Query(description="only movies of these genres")] = [],  # noqa: B006
+        explain: bool = False,
+    ) -> Recommendations:
+        check_length("exclude", exclude)
+        check_length("genres", genres)
+        check_genres(current, genres, "genres")
+        exclude_rows = current.item_rows(np.array(exclude, dtype=np.int64))
+        row = current.user_row(user_id)
+        if row is None:
+            metrics.fallbacks.labels("unknown_user").inc()
+            scored = current.popular(k, genres, exclude_rows)
+            strategy = "popular_fallback"
+        else:
+            scored = current.recommend_user(row, k, exclude_rows, genres, explain)
+            strategy = "als"
+        served = items(current, scored)
+        record(request, current, strategy, k, served, user_id=user_id)
+        return Recommendations(
+            bundle_version=current.version, strategy=strategy, user_id=user_id, items=served
+        )
+
+    @app.post("/recommendations", response_model=Recommendations, tags=["recommendations"])
+    def recommend_cold_start(
+        request: Request, current: Served, body: ColdStartRequest
+    ) -> Recommendations:
+        check_length("liked", body.liked)
+        check_length("genres", body.genres)
+        check_genres(current, body.genres, "genres")
+        if body.k > settings.max_k:
+            raise HTTPException(422, detail=f"k: at most {settings.max_k}, got {body.k}")
+        liked = np.array(body.liked, dtype=np.int64)
+        rows = current.lookup(current.item_ids, liked)
+        unknown = sorted({int(m) for m in liked[rows < 0]})
+        known = np.unique(rows[rows >= 0])
+        if known.size == 0:
+            metrics.fallbacks.labels("no_known_liked").inc()
+            scored = current.popular(body.k, body.genres, known)
+            strategy = "popular_fallback"
+        else:
+            scored = current.recommend_liked(known, body.k, body.genres, body.explain)
+            strategy = "fold_in"
+        served = items(current, scored)
+        record(request, current, strategy, body.k, served, cold_start=True)
+        return Recommendations(
+            bundle_version=current.version,
+            strategy=strategy,
+            items=served,
+            unknown_movie_ids=unknown,
+        )
+
+    @app.get(
+        "/movies/{movie_id}",
+        response_model=MovieResponse,
+        tags=["movies"],
+        responses={404: {"model": ErrorMessage}},
+    )
+    def get_movie(current: Served, movie_id: int) -> MovieResponse:
+        row = current.item_row(movie_id)
+        if row is None:
+            raise HTTPException(404, detail=f"movie {movie_id} is not in the catalogue")
+        return MovieResponse(**movie(current, row).model_dump(), bundle_version=current.version)
+
+    @app.get(
+        "/movies/{movie_id}/similar",
+        response_model=SimilarMovies,
+        tags=["movies"],
+        responses={404: {"model": ErrorMessage}},
+    )
+    def similar_movies(
+        request: Request, current: Served, movie_id: int, k: K = 10
+    ) -> SimilarMovies:
+        row = current.item_row(movie_id)
+        if row is None:
+            raise HTTPException(404, detail=f"movie {movie_id} is not in the catalogue")
+        served = items(current, current.similar(row, k))
+        record(request, current, "als", k, served)
+        return SimilarMovies(bundle_version=current.version, movieId=movie_id, items=served)
+
+    @app.get("/popular", response_model=PopularMovies, tags=["movies"])
+    def popular(
+        request: Request, current: Served, k: K = 10, genre: str | None = None
+    ) -> PopularMovies:
+        if genre is not None:
+            check_genres(current, [genre], "genre")
+        served = items(
+            current, current.popular(k, [genre] if genre else [], np.empty(0, dtype=np.int64))
+        )
+        record(request, current, "popular_fallback", k, served)
+        return PopularMovies(bundle_version=current.version, genre=genre, items=served)
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def admin(x_api_key: Annotated[str | None, Header()] = None) -> None:
+        expected = settings.admin_api_key
+        if expected and not (x_api_key and secrets.compare_digest(x_api_key, expected)):
+            raise HTTPException(401, detail="missing or wrong X-API-Key")
+
+    @app.post(
+        "/admin/reload", response_model=ReloadResult, tags=["ops"], dependencies=[Depends(admin)]
+    )
+    async def reload() -> ReloadResult:
+        changed = await asyncio.to_thread(service.manager.check, True)
+        current = service.manager.engine
+        return ReloadResult(
+            bundle_version=current.version if current else None,
+            changed=changed,
+            error=service.manager.error,
+        )
+
+    return app
+
+
+app = create_app()

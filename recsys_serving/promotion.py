@@ -1,0 +1,49 @@
+"""Which bundle is served: a pointer file beside the bundles, switched atomically.
+
+``<bundle_root>/CURRENT`` holds the promoted version's directory name; every switch is appended
+to ``<bundle_root>/promotions.jsonl`` so the promotion history survives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+POINTER = "CURRENT"
+HISTORY = "promotions.jsonl"
+
+
+def promoted_version(root: Path) -> str | None:
+    pointer = Path(root) / POINTER
+    if not pointer.is_file():
+        return None
+    return pointer.read_text().strip() or None
+
+
+def promoted_path(root: Path) -> Path | None:
+    version = promoted_version(root)
+    return Path(root) / version if version else None
+
+
+def promote(root: Path, version: str, reason: str, **details: object) -> None:
+    """Point ``CURRENT`` at ``version`` (which must exist) and record the switch."""
+    root = Path(root)
+    if not (root / version / "manifest.json").is_file():
+        raise FileNotFoundError(f"cannot promote {version}: {root / version} is not a bundle")
+    previous = promoted_version(root)
+    fd, temporary = tempfile.mkstemp(prefix=f".{POINTER}-", dir=root)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(version + "\n")
+    os.replace(temporary, root / POINTER)
+    record = {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "version": version,
+        "previous": previous,
+        "reason": reason,
+        **details,
+    }
+    with open(root / HISTORY, "a") as history:
+        history.write(json.dumps(record, default=str) + "\n")

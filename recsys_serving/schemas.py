@@ -1,0 +1,90 @@
+"""Request and response models: the API's contract, and its OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Strategy = Literal["als", "fold_in", "popular_fallback"]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    bundle_version: str | None = None
+    dataset: str | None = None
+    users: int | None = None
+    items: int | None = None
+    loaded_at: str | None = None
+    source: str | None = Field(None, description="where the served bundle was found")
+    error: str | None = Field(None, description="why the newest promoted bundle is not served")
+    message: str | None = None
+
+
+class Movie(BaseModel):
+    movieId: int
+    title: str
+    year: int | None
+    genres: list[str]
+
+
+class MovieResponse(Movie):
+    bundle_version: str
+
+
+class Because(BaseModel):
+    movieId: int
+    title: str
+
+
+class RecommendedMovie(Movie):
+    rank: int
+    score: float
+    because: Because | None = Field(
+        None, description="the liked movie that contributed most (explain=true)"
+    )
+
+
+class Recommendations(BaseModel):
+    bundle_version: str
+    strategy: Strategy
+    user_id: int | None = None
+    items: list[RecommendedMovie]
+    unknown_movie_ids: list[int] = Field(
+        default_factory=list, description="ids not in the catalogue, ignored"
+    )
+
+
+class SimilarMovies(BaseModel):
+    bundle_version: str
+    movieId: int
+    items: list[RecommendedMovie]
+
+
+class PopularMovies(BaseModel):
+    bundle_version: str
+    genre: str | None
+    items: list[RecommendedMovie]
+
+
+class ColdStartRequest(BaseModel):
+    liked: list[int] = Field(..., description="movie ids the new user likes")
+    k: int = Field(10, ge=1)
+    genres: list[str] = Field(
+        default_factory=list, description="only recommend movies of these genres"
+    )
+    explain: bool = False
+
+
+class ReloadResult(BaseModel):
+    bundle_version: str | None
+    changed: bool
+    error: str | None = None
+
+
+class ErrorMessage(BaseModel):
+    detail: str

@@ -1,0 +1,48 @@
+"""Serving settings from ``RECSYS_*`` environment variables (pydantic-settings).
+
+Relative paths resolve against the project root, like the pipeline's (shared helper, no dagster).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from recsys_assets.settings import resolve_path
+
+
+class ServingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECSYS_", extra="ignore")
+
+    data_root: str = "data"
+    bundle_root: str | None = None  # default: <data_root>/bundles
+    # Serve the bundle behind this MLflow registered-model alias instead of the CURRENT pointer.
+    model_alias: str | None = None
+    registered_model: str = "movielens-als"
+    mlflow_tracking_uri: str | None = None
+    request_log: str | None = None  # default: <data_root>/request_log.sqlite
+    poll_seconds: float = Field(10.0, ge=0.1)
+    max_k: int = Field(100, ge=1)
+    max_list_items: int = Field(500, ge=1)  # liked / exclude / genres lengths
+    max_body_bytes: int = Field(64 * 1024, ge=256)
+    admin_api_key: str | None = None
+    rate_limit_per_second: float = Field(200.0, ge=0)  # per client; 0 disables
+    rate_limit_burst: int = Field(400, ge=1)
+
+    @property
+    def bundle_path(self) -> Path:
+        return (
+            resolve_path(self.bundle_root)
+            if self.bundle_root
+            else resolve_path(self.data_root) / "bundles"
+        )
+
+    @property
+    def request_log_path(self) -> Path:
+        return (
+            resolve_path(self.request_log)
+            if self.request_log
+            else resolve_path(self.data_root) / "request_log.sqlite"
+        )

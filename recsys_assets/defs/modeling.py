@@ -6,15 +6,13 @@ from typing import Literal
 import dagster as dg
 import numpy as np
 import polars as pl
-import scipy.sparse as sp
 from mlflow.entities import Metric, Param
 
-from recsys_serving.bundle import write_bundle
 from recsys_serving.confidence import Weighting
 from recsys_serving.promotion import promote, promoted_version
 
 from ..modeling.index import ItemIndex, build_index, index_recall
-from ..modeling.matrices import to_csr
+from ..modeling.packaging import package_bundle
 from ..modeling.recommenders import ALSParams
 from ..modeling.training import TrainedModel, TrainingPlan, train_and_evaluate
 from ..modeling.tuning import SearchSpace, Trial
@@ -273,9 +271,6 @@ def production_bundle(
     """An immutable, versioned bundle (factors, index, id maps, seen items, movies, popularity,
     fold-in settings, manifest with hashes), logged to the training run in MLflow and registered
     as a new version of the model with the ``challenger`` alias."""
-    ids = als_model.ids
-    seen = to_csr(raw_ratings, ids, value=None)
-    seen.data[:] = 1.0
     manifest = {
         "model": {
             "name": mlflow_tracking.registered_model,
@@ -292,20 +287,14 @@ def production_bundle(
         "mlflow_run_id": als_model.mlflow_run_id,
         "dagster_run_id": context.run.run_id,
     }
-    path = write_bundle(
+    path = package_bundle(
         bundle_store.path(),
-        item_ids=ids.item_ids,
-        user_ids=ids.user_ids,
-        item_factors=als_model.item_factors,
-        user_factors=als_model.user_factors,
-        seen=sp.csr_matrix(seen),
-        liked=to_csr(pl.concat([temporal_splits["train"], temporal_splits["validation"]]), ids),
-        index=faiss_index.load(),
-        movies=raw_movies,
-        weighting=als_model.params.weighting,
-        regularization=als_model.params.regularization,
-        length_norm=als_model.length_norm,
-        manifest=manifest,
+        als_model,
+        raw_movies,
+        raw_ratings,
+        temporal_splits,
+        manifest,
+        faiss_index.load(),
     )
     version = path.name
     client = mlflow_tracking.client()

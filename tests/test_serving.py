@@ -1,0 +1,372 @@
+"""The API under a real uvicorn server on loopback, on bundles built by the pipeline's own code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+
+from recsys_assets.modeling.packaging import package_bundle
+from recsys_assets.modeling.recommenders import ALSParams
+from recsys_assets.modeling.training import TrainingPlan, train_and_evaluate
+from recsys_assets.processing.interactions import InteractionRules, build_interactions
+from recsys_assets.processing.splits import SplitRules, temporal_split
+from recsys_assets.sources.formats import read_movies, read_ratings
+from recsys_assets.sources.synthetic import SyntheticConfig, write_dataset
+from recsys_serving.bundle import load_bundle
+from recsys_serving.main import create_app
+from recsys_serving.promotion import promote
+from recsys_serving.settings import ServingSettings
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    directory = write_dataset(
+        SyntheticConfig(n_users=300, n_movies=600, n_ratings=20_000, seed=9),
+        tmp_path_factory.mktemp("syn") / "d",
+    )
+    ratings, movies = read_ratings(directory), read_movies(directory)
+    interactions, _ = build_interactions(ratings, InteractionRules())
+    splits = temporal_split(interactions, SplitRules(strategy="leave_last_n", n=2))
+    return {"ratings": ratings, "movies": movies, "splits": splits}
+
+
+def build(root: Path, dataset: dict, factors: int) -> Path:
+    plan = TrainingPlan(
+        als=ALSParams(factors=factors, iterations=5), tune=False, bootstrap_samples=0
+    )
+    model = train_and_evaluate(dataset["splits"], plan, info=lambda _: None)
+    return package_bundle(
+        root,
+        model,
+        dataset["movies"],
+        dataset["ratings"],
+        dataset["splits"],
+        {"dataset": {"source": "synthetic test"}},
+    )
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory, dataset: dict) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bundles")
+    return {"a": build(root, dataset, 8), "b": build(root, dataset, 16)}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """uvicorn in a thread; leaving the context runs the app's shutdown (the request log flush)."""
+
+    def __init__(self, settings: ServingSettings):
+        self.app = create_app(settings)
+        self.port = free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> httpx.Client:
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        self.client = httpx.Client(base_url=self.url, timeout=10)
+        return self.client
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(20)
+
+
+def settings_for(root: Path, tmp_path: Path, **overrides: object) -> ServingSettings:
+    values = {
+        "bundle_root": str(root),
+        "request_log": str(tmp_path / "requests.sqlite"),
+        "poll_seconds": 60.0,
+        "rate_limit_per_second": 0,
+        **overrides,
+    }
+    return ServingSettings(**values)
+
+
+@pytest.fixture
+def served(tmp_path: Path, bundles: dict[str, Path]) -> Iterator[tuple[httpx.Client, Path]]:
+    root = tmp_path / "bundles"
+    root.mkdir()
+    shutil.copytree(bundles["a"], root / bundles["a"].name)
+    promote(root, bundles["a"].name, reason="test")
+    with Server(settings_for(root, tmp_path)) as client:
+        yield client, root
+
+
+def test_known_user_gets_exactly_k_unseen_items_in_als_order(served, bundles) -> None:
+    client, _ = served
+    bundle = load_bundle(bundles["a"])
+    user_row = 3
+    user_id = int(bundle.user_ids[user_row])
+    response = client.get(f"/users/{user_id}/recommendations", params={"k": 10})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["strategy"] == "als" and body["bundle_version"] == bundle.version
+    got = [item["movieId"] for item in body["items"]]
+    scores = bundle.user_factors[user_row] @ bundle.item_factors.T
+    scores[bundle.seen[user_row].indices] = -np.inf
+    expected = bundle.item_ids[np.argsort(-scores)[:10]].tolist()
+    assert got == expected
+    first = body["items"][0]
+    assert set(first) >= {"movieId", "title", "year", "genres", "score", "rank"}
+    assert [i["rank"] for i in body["items"]] == list(range(1, 11))
+
+
+def test_exclude_genres_and_explanations(served, bundles) -> None:
+    client, _ = served
+    bundle = load_bundle(bundles["a"])
+    user_id = int(bundle.user_ids[5])
+    plain = client.get(f"/users/{user_id}/recommendations", params={"k": 5}).json()["items"]
+    banned = [plain[0]["movieId"], plain[1]["movieId"]]
+    filtered = client.get(
+        f"/users/{user_id}/recommendations", params={"k": 5, "exclude": banned}
+    ).json()["items"]
+    assert len(filtered) == 5 and not {i["movieId"] for i in filtered} & set(banned)
+    genre = plain[0]["genres"][0]
+    only = client.get(f"/users/{user_id}/recommendations", params={"k": 5, "genres": genre}).json()[
+        "items"
+    ]
+    assert len(only) == 5 and all(genre in i["genres"] for i in only)
+    explained = client.get(
+        f"/users/{user_id}/recommendations", params={"k": 5, "explain": True}
+    ).json()["items"]
+    liked_ids = set(bundle.item_ids[bundle.liked[5].indices].tolist())
+    assert all(i["because"]["movieId"] in liked_ids for i in explained)
+
+
+def test_unknown_user_falls_back_to_popular(served) -> None:
+    client, _ = served
+    body = client.get("/users/987654321/recommendations", params={"k": 4, "genres": "Drama"}).json()
+    assert body["strategy"] == "popular_fallback" and len(body["items"]) == 4
+    assert all("Drama" in i["genres"] for i in body["items"])
+    popular = client.get("/popular", params={"k": 4, "genre": "Drama"}).json()["items"]
+    assert [i["movieId"] for i in popular] == [i["movieId"] for i in body["items"]]
+
+
+def test_cold_start_folds_in_and_reports_unknown_ids(served, bundles) -> None:
+    client, _ = served
+    bundle = load_bundle(bundles["a"])
+    liked = bundle.item_ids[bundle.liked[7].indices][:5].tolist()
+    body = client.post("/recommendations", json={"liked": [*liked, 987654321], "k": 10}).json()
+    assert body["strategy"] == "fold_in" and body["unknown_movie_ids"] == [987654321]
+    got = [i["movieId"] for i in body["items"]]
+    assert len(got) == 10 and not set(got) & set(liked)
+    empty = client.post("/recommendations", json={"liked": [], "k": 3}).json()
+    unknown = client.post("/recommendations", json={"liked": [-5], "k": 3}).json()
+    assert empty["strategy"] == unknown["strategy"] == "popular_fallback"
+    assert unknown["unknown_movie_ids"] == [-5] and len(unknown["items"]) == 3
+
+
+def test_movies_similar_and_not_found(served, bundles) -> None:
+    client, _ = served
+    bundle = load_bundle(bundles["a"])
+    movie_id = int(bundle.item_ids[0])
+    movie = client.get(f"/movies/{movie_id}").json()
+    assert movie["movieId"] == movie_id and movie["bundle_version"] == bundle.version
+    similar = client.get(f"/movies/{movie_id}/similar", params={"k": 3}).json()["items"]
+    unit = bundle.item_factors / np.linalg.norm(bundle.item_factors, axis=1, keepdims=True)
+    cosine = unit @ unit[0]
+    cosine[0] = -np.inf
+    assert [i["movieId"] for i in similar] == bundle.item_ids[np.argsort(-cosine)[:3]].tolist()
+    missing = client.get("/movies/987654321")
+    assert missing.status_code == 404 and "987654321" in missing.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "payload", "status", "names"),
+    [
+        ("get", "/users/1/recommendations?k=0", None, 422, "k"),
+        ("get", "/users/1/recommendations?k=101", None, 422, "k"),
+        ("get", "/users/abc/recommendations", None, 422, "user_id"),
+        ("get", "/users/1/recommendations?genres=NoSuchGenre", None, 422, "genres"),
+        ("post", "/recommendations", {"liked": list(range(501))}, 422, "liked"),
+        ("post", "/recommendations", {"k": 3}, 422, "liked"),
+        ("post", "/recommendations", {"liked": [1], "k": 1000}, 422, "k"),
+    ],
+)
+def test_bad_input_is_rejected_naming_the_field(
+    served, method, path, payload, status, names
+) -> None:
+    client, _ = served
+    response = client.request(method.upper(), path, json=payload)
+    assert response.status_code == status
+    assert names in json.dumps(response.json())
+
+
+def test_oversized_body_is_refused(served) -> None:
+    client, _ = served
+    response = client.post(
+        "/recommendations",
+        content=b'{"liked": [' + b"1," * 40_000 + b"1]}",
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 413
+
+
+def test_metrics_and_request_log(tmp_path: Path, bundles) -> None:
+    root = tmp_path / "bundles"
+    root.mkdir()
+    shutil.copytree(bundles["a"], root / bundles["a"].name)
+    promote(root, bundles["a"].name, reason="test")
+    settings = settings_for(root, tmp_path)
+    with Server(settings) as client:
+        for user in (1, 2, 987654321):
+            assert client.get(f"/users/{user}/recommendations", params={"k": 3}).status_code == 200
+        client.post("/recommendations", json={"liked": [], "k": 2})
+        client.get("/users/1/recommendations?k=0")
+        metrics = client.get("/metrics").text
+    assert (
+        'recsys_requests_total{method="GET",route="/users/{user_id}/recommendations",status="200"} 3.0'
+        in metrics
+    )
+    assert 'route="/users/{user_id}/recommendations",status="422"' in metrics
+    assert "recsys_request_latency_seconds_bucket" in metrics
+    assert f'recsys_bundle_info{{version="{bundles["a"].name}"}} 1.0' in metrics
+    assert 'recsys_fallbacks_total{reason="unknown_user"} 1.0' in metrics
+    # The server has shut down: every logged request must be in SQLite.
+    with sqlite3.connect(settings.request_log_path) as connection:
+        rows = connection.execute(
+            "SELECT route, user_id, cold_start, strategy, items, bundle_version, status FROM requests ORDER BY ts"
+        ).fetchall()
+    assert len(rows) == 5
+    assert [r[6] for r in rows] == [200, 200, 200, 200, 422]
+    assert rows[3][2] == 1 and rows[3][3] == "popular_fallback"
+    assert len(json.loads(rows[0][4])) == 3 and rows[0][5] == bundles["a"].name
+
+
+def test_rate_limit_and_admin_key(tmp_path: Path, bundles) -> None:
+    root = tmp_path / "bundles"
+    root.mkdir()
+    shutil.copytree(bundles["a"], root / bundles["a"].name)
+    promote(root, bundles["a"].name, reason="test")
+    settings = settings_for(
+        root, tmp_path, rate_limit_per_second=1, rate_limit_burst=3, admin_api_key="s3cret"
+    )
+    with Server(settings) as client:
+        statuses = [client.get("/popular").status_code for _ in range(6)]
+        assert statuses[:3] == [200, 200, 200] and statuses[-1] == 429
+        limited = client.get("/popular")
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+        assert client.get("/health").status_code == 200  # never throttled
+        time.sleep(3.1)  # the bucket refills three tokens: one per admin call below
+        assert client.post("/admin/reload").status_code == 401
+        assert client.post("/admin/reload", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.post("/admin/reload", headers={"X-API-Key": "s3cret"}).status_code == 200
+
+
+def test_hot_swap_under_load_never_fails_or_mixes_bundles(tmp_path: Path, bundles) -> None:
+    root = tmp_path / "bundles"
+    root.mkdir()
+    for bundle in bundles.values():
+        shutil.copytree(bundle, root / bundle.name)
+    promote(root, bundles["a"].name, reason="test")
+    user_id = int(load_bundle(bundles["a"]).user_ids[2])
+    expected = {}
+    with Server(settings_for(root, tmp_path)) as client:
+        expected[bundles["a"].name] = client.get(f"/users/{user_id}/recommendations").json()[
+            "items"
+        ]
+        stop = threading.Event()
+        responses: list[httpx.Response] = []
+
+        def hammer() -> None:
+            with httpx.Client(base_url=client.base_url, timeout=10) as own:
+                while not stop.is_set():
+                    responses.append(own.get(f"/users/{user_id}/recommendations"))
+
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(4):
+                pool.submit(hammer)
+            time.sleep(0.5)
+            promote(root, bundles["b"].name, reason="test swap")
+            assert client.post("/admin/reload").json()["changed"] is True
+            time.sleep(0.5)
+            stop.set()
+        expected[bundles["b"].name] = client.get(f"/users/{user_id}/recommendations").json()[
+            "items"
+        ]
+        assert client.get("/ready").json()["bundle_version"] == bundles["b"].name
+
+        # A broken bundle is refused: the old one keeps serving and /ready says why.
+        broken = root / "broken"
+        shutil.copytree(bundles["a"], broken)
+        np.save(broken / "item_factors.npy", np.zeros((3, 3), dtype=np.float32))
+        promote(root, "broken", reason="test corruption")
+        assert client.post("/admin/reload").json()["changed"] is False
+        ready = client.get("/ready").json()
+        assert ready["bundle_version"] == bundles["b"].name and "corrupted" in ready["error"]
+        assert client.get(f"/users/{user_id}/recommendations").status_code == 200
+
+    assert len(responses) > 20 and all(r.status_code == 200 for r in responses)
+    versions = {r.json()["bundle_version"] for r in responses}
+    assert versions == {bundles["a"].name, bundles["b"].name}
+    for response in responses:
+        body = response.json()
+        assert body["items"] == expected[body["bundle_version"]]  # never a mix of the two
+
+
+def test_no_bundle_gives_a_clear_message(tmp_path: Path) -> None:
+    with Server(settings_for(tmp_path / "empty", tmp_path)) as client:
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and "make demo" in ready.json()["message"]
+        response = client.get("/users/1/recommendations")
+        assert response.status_code == 503 and "make demo" in response.json()["detail"]
+        assert client.get("/health").status_code == 200
+
+
+def test_openapi_documents_every_route(served) -> None:
+    client, _ = served
+    spec = client.get("/openapi.json").json()
+    assert {
+        "/health",
+        "/ready",
+        "/users/{user_id}/recommendations",
+        "/recommendations",
+        "/movies/{movie_id}",
+        "/movies/{movie_id}/similar",
+        "/popular",
+        "/metrics",
+        "/admin/reload",
+    } <= set(spec["paths"])
+    assert "Recommendations" in spec["components"]["schemas"]
+
+
+def test_serving_never_imports_dagster() -> None:
+    code = "import sys, recsys_serving.main; sys.exit('dagster' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_ready_reports_the_manifest(served, bundles) -> None:
+    client, _ = served
+    ready = client.get("/ready").json()
+    bundle = load_bundle(bundles["a"])
+    assert ready["ready"] and ready["bundle_version"] == bundle.version
+    assert ready["users"] == len(bundle.user_ids) and ready["items"] == len(bundle.item_ids)
+    assert ready["dataset"] == "synthetic test" and ready["loaded_at"]

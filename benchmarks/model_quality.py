@@ -29,9 +29,7 @@ def main() -> None:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", type=Path, help="a MovieLens directory")
-    source.add_argument(
-        "--synthetic", type=int, metavar="RATINGS", help="synthetic data of this size"
-    )
+    source.add_argument("--synthetic", type=int, metavar="RATINGS", help="synthetic data of this size")
     args = parser.parse_args()
 
     if args.data_dir:

@@ -133,9 +133,7 @@ def write_bundle(
         sp.save_npz(staging / "liked.npz", liked.tocsr().astype(np.float32))
         faiss.write_index(index, str(staging / "index.faiss"))
         catalogue = movies.filter(pl.col("movie_id").is_in(np.asarray(item_ids).tolist()))
-        catalogue.select("movie_id", "title", "year", "genres").write_parquet(
-            staging / "movies.parquet"
-        )
+        catalogue.select("movie_id", "title", "year", "genres").write_parquet(staging / "movies.parquet")
         popularity = popularity_ranking(seen, np.asarray(item_ids), catalogue)
         (staging / "popularity.json").write_text(json.dumps(popularity))
         if weighting.scheme == "bm25":
@@ -149,9 +147,7 @@ def write_bundle(
             "weighting": weighting.to_dict(),
             "l2": regularization,
         }
-        content = hashlib.sha256(
-            json.dumps(described, sort_keys=True, default=str).encode()
-        ).hexdigest()
+        content = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
         created = datetime.now(UTC)
         version = f"{created:%Y%m%dT%H%M%S}Z-{content[:8]}"
         full = {

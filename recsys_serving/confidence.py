@@ -76,9 +76,7 @@ def confidence_matrix(
     matrix = user_items.tocsr().astype(np.float32)
     if weighting.scheme == "bm25" and length_norm is None:
         length_norm = item_length_norm(matrix, weighting)
-    data = weight_rows(
-        matrix.indptr, matrix.indices, matrix.data, matrix.shape[1], weighting, length_norm
-    )
+    data = weight_rows(matrix.indptr, matrix.indices, matrix.data, matrix.shape[1], weighting, length_norm)
     return sp.csr_matrix((data, matrix.indices, matrix.indptr), shape=matrix.shape)
 
 

@@ -14,6 +14,9 @@ import numpy as np
 from .bundle import Bundle
 from .confidence import fold_in, weight_rows
 
+# Above this many results, an exact numpy ranking beats asking FAISS for a long, filtered list.
+INDEX_SEARCH_LIMIT = 256
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -44,6 +47,11 @@ class Engine:
         self.titles = [movies.get(int(m), {}).get("title") or f"movie {m}" for m in self.item_ids]
         self.years = [movies.get(int(m), {}).get("year") for m in self.item_ids]
         self.genres = [list(movies.get(int(m), {}).get("genres") or []) for m in self.item_ids]
+        # Each movie's response fields, built once: a response only adds rank and score.
+        self.movie_fields = [
+            {"movieId": int(m), "title": t, "year": y, "genres": g}
+            for m, t, y, g in zip(self.item_ids, self.titles, self.years, self.genres, strict=True)
+        ]
         self.genre_names = sorted({g for gs in self.genres for g in gs})
         self.genre_masks = {g: np.zeros(self.n_items, dtype=bool) for g in self.genre_names}
         for row, names in enumerate(self.genres):
@@ -97,22 +105,27 @@ class Engine:
         allowed = self._allowed_by_genre(genres)
         if allowed is not None:
             # Exact scores over the allowed subset: a filtered index search could return fewer.
-            candidates = np.flatnonzero(allowed & ~blocked)
-            if candidates.size == 0:
-                return Scored(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
-            scores = self.item_factors[candidates] @ vector
-            take = min(k, candidates.size)
-            top = np.argpartition(-scores, take - 1)[:take]
-            top = top[np.argsort(-scores[top], kind="stable")]
-            return Scored(candidates[top], scores[top])
-        # Ask the index for enough results that k survive removing the blocked items.
+            return self._exact(vector, k, np.flatnonzero(allowed & ~blocked))
+        # Ask the index for enough results that k survive removing the blocked items; when that is
+        # a large share of the catalogue, one exact matrix-vector product is cheaper than the index.
         wanted = int(min(self.n_items, k + blocked.sum()))
+        if wanted > INDEX_SEARCH_LIMIT:
+            return self._exact(vector, k, np.flatnonzero(~blocked))
         scores, ids = self.index.search(vector[None, :].astype(np.float32), wanted)
         ids, scores = ids[0], scores[0]
         rows = self.lookup(self.item_ids, ids[ids >= 0])
         scores = scores[ids >= 0]
         keep = (rows >= 0) & ~blocked[np.maximum(rows, 0)]
         return Scored(rows[keep][:k], scores[keep][:k])
+
+    def _exact(self, vector: np.ndarray, k: int, candidates: np.ndarray) -> Scored:
+        if candidates.size == 0:
+            return Scored(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
+        scores = self.item_factors[candidates] @ vector
+        take = min(k, candidates.size)
+        top = np.argpartition(-scores, take - 1)[:take]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return Scored(candidates[top], scores[top])
 
     def recommend_user(
         self, user_row: int, k: int, exclude_rows: np.ndarray, genres: list[str], explain: bool
@@ -123,9 +136,7 @@ class Engine:
         if not explain:
             return result
         start, end = self.liked.indptr[user_row], self.liked.indptr[user_row + 1]
-        because = self._explain(
-            result.rows, self.liked.indices[start:end], self.liked.data[start:end]
-        )
+        because = self._explain(result.rows, self.liked.indices[start:end], self.liked.data[start:end])
         return Scored(result.rows, result.scores, because)
 
     def fold_in_vector(self, liked_rows: np.ndarray) -> np.ndarray:
@@ -140,9 +151,7 @@ class Engine:
             gram=self.gram,
         )
 
-    def recommend_liked(
-        self, liked_rows: np.ndarray, k: int, genres: list[str], explain: bool
-    ) -> Scored:
+    def recommend_liked(self, liked_rows: np.ndarray, k: int, genres: list[str], explain: bool) -> Scored:
         vector = self.fold_in_vector(liked_rows)
         result = self._rank(vector, k, self._blocked(liked_rows), genres)
         if not explain:
@@ -150,9 +159,7 @@ class Engine:
         values = np.full(liked_rows.size, self.liked_value, dtype=np.float32)
         return Scored(result.rows, result.scores, self._explain(result.rows, liked_rows, values))
 
-    def _explain(
-        self, rows: np.ndarray, liked_rows: np.ndarray, values: np.ndarray
-    ) -> list[int | None]:
+    def _explain(self, rows: np.ndarray, liked_rows: np.ndarray, values: np.ndarray) -> list[int | None]:
         """For each recommended item, the liked item with the largest share of its ALS score.
 
         score(u, i) = sum_j c_uj * y_i^T W_u y_j with W_u = (Y^T C_u Y + lambda I)^-1 (Hu, Koren
@@ -175,9 +182,7 @@ class Engine:
             + (y_liked.T * (confidence - 1.0)) @ y_liked
             + self.bundle.regularization * np.eye(factors)
         )
-        weighted = np.linalg.solve(
-            system, self.item_factors[rows].astype(np.float64).T
-        ).T  # y_i^T W_u
+        weighted = np.linalg.solve(system, self.item_factors[rows].astype(np.float64).T).T  # y_i^T W_u
         contributions = (weighted @ y_liked.T) * confidence
         return [int(liked_rows[j]) for j in np.argmax(contributions, axis=1)]
 

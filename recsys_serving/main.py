@@ -9,6 +9,7 @@ the old one keeps serving and ``/ready`` reports the error.
 import asyncio
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -37,22 +38,20 @@ from .engine import Engine, Scored, limit_threads
 from .promotion import promoted_path
 from .request_log import RequestLog, RequestRecord
 from .schemas import (
-    Because,
     ColdStartRequest,
     ErrorMessage,
     Health,
-    Movie,
     MovieResponse,
     PopularMovies,
     Readiness,
     Recommendations,
-    RecommendedMovie,
     ReloadResult,
     SimilarMovies,
 )
 from .settings import ServingSettings
 
 log = logging.getLogger("recsys_serving")
+ID_LIST = re.compile(r"^-?\d+(,-?\d+)*$")
 UNTHROTTLED = {"/health", "/ready", "/metrics"}
 LOGGED_ROUTES = {
     "/users/{user_id}/recommendations",
@@ -60,6 +59,16 @@ LOGGED_ROUTES = {
     "/popular",
     "/movies/{movie_id}/similar",
 }
+
+
+def query_docs(*params: tuple[str, str, str, bool, str]) -> dict:
+    """OpenAPI parameters for routes that parse their own query strings."""
+    return {
+        "parameters": [
+            {"name": name, "in": where, "required": required, "schema": {"type": kind}, "description": text}
+            for name, where, kind, required, text in params
+        ]
+    }
 
 
 class Metrics:
@@ -87,9 +96,7 @@ class Metrics:
         self.bundle = Gauge(
             "recsys_bundle_info", "The served bundle (value 1)", ["version"], registry=self.registry
         )
-        self.swaps = Counter(
-            "recsys_bundle_swaps_total", "Bundles swapped in", registry=self.registry
-        )
+        self.swaps = Counter("recsys_bundle_swaps_total", "Bundles swapped in", registry=self.registry)
         self.load_failures = Counter(
             "recsys_bundle_load_failures_total", "Bundles refused", registry=self.registry
         )
@@ -121,16 +128,12 @@ class BundleManager:
 
     def _locate(self) -> tuple[Path | None, str]:
         if not self.settings.model_alias:
-            return promoted_path(
-                self.settings.bundle_path
-            ), f"pointer {self.settings.bundle_path}/CURRENT"
+            return promoted_path(self.settings.bundle_path), f"pointer {self.settings.bundle_path}/CURRENT"
         import mlflow  # only when the registry is the source of truth
 
         uri = self.settings.mlflow_tracking_uri
         client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-        version = client.get_model_version_by_alias(
-            self.settings.registered_model, self.settings.model_alias
-        )
+        version = client.get_model_version_by_alias(self.settings.registered_model, self.settings.model_alias)
         path = version.tags.get("bundle_path")
         if not path:
             raise RuntimeError(f"model version {version.version} has no bundle_path tag")
@@ -159,9 +162,7 @@ class BundleManager:
             except Exception as exc:
                 self._refused = path
                 self.metrics.load_failures.inc()
-                serving = (
-                    f"still serving {self.engine.version}" if self.engine else "nothing is served"
-                )
+                serving = f"still serving {self.engine.version}" if self.engine else "nothing is served"
                 self.error = f"bundle {path.name} refused: {exc}; {serving}"
                 log.error(self.error)
                 return False
@@ -360,13 +361,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     def engine() -> Engine:
         current = service.manager.engine
         if current is None:
-            raise HTTPException(
-                503, detail=service.manager.error or service.manager.no_bundle_message()
-            )
+            raise HTTPException(503, detail=service.manager.error or service.manager.no_bundle_message())
         return current
 
     Served = Annotated[Engine, Depends(engine)]
-    K = Annotated[int, Query(ge=1, le=settings.max_k, description="number of movies to return")]
 
     def check_length(name: str, values: list) -> None:
         if len(values) > settings.max_list_items:
@@ -381,57 +379,88 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                 422, detail=f"{field}: unknown genre(s) {unknown}; known: {current.genre_names}"
             )
 
-    def movie(current: Engine, row: int) -> Movie:
-        return Movie(
-            movieId=int(current.item_ids[row]),
-            title=current.titles[row],
-            year=current.years[row],
-            genres=current.genres[row],
+    # Hot GET routes parse their query strings here: FastAPI's per-parameter validation costs more
+    # than the recommendation itself (measured in benchmarks/serve_bench.py). Errors keep FastAPI's
+    # 422 shape and name the field.
+    def invalid(field: str, where: str, message: str, value: object) -> HTTPException:
+        return HTTPException(
+            422, detail=[{"type": "value_error", "loc": [where, field], "msg": message, "input": value}]
         )
 
-    def items(current: Engine, scored: Scored) -> list[RecommendedMovie]:
+    def parse_int(value: str, field: str, where: str = "query") -> int:
+        try:
+            return int(value)
+        except ValueError:
+            raise invalid(field, where, "Input should be a valid integer", value) from None
+
+    def parse_k(params) -> int:
+        raw = params.get("k")
+        if raw is None:
+            return 10
+        k = parse_int(raw, "k")
+        if not 1 <= k <= settings.max_k:
+            raise invalid("k", "query", f"Input should be between 1 and {settings.max_k}", raw)
+        return k
+
+    def parse_id_list(raw: str | None, field: str) -> list[int]:
+        if not raw:
+            return []
+        if not ID_LIST.match(raw):
+            raise invalid(field, "query", "Input should be comma-separated integers", raw)
+        values = [int(v) for v in raw.split(",")]
+        check_length(field, values)
+        return values
+
+    def parse_genres(current: Engine, raw: str | None, field: str) -> list[str]:
+        genres = [g.strip() for g in raw.split(",") if g.strip()] if raw else []
+        check_length(field, genres)
+        check_genres(current, genres, field)
+        return genres
+
+    def parse_bool(raw: str | None, field: str) -> bool:
+        if raw is None:
+            return False
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise invalid(field, "query", "Input should be a valid boolean", raw)
+
+    def items(current: Engine, scored: Scored) -> list[dict]:
+        """Response items as plain dicts (the schemas document them; building pydantic objects per
+        item and re-validating them would cost more than the recommendation itself)."""
         out = []
+        fields = current.movie_fields
         for rank, (row, score) in enumerate(
             zip(scored.rows.tolist(), scored.scores.tolist(), strict=True), 1
         ):
-            because = None
-            if scored.because is not None and scored.because[rank - 1] is not None:
+            item = {**fields[row], "rank": rank, "score": score}
+            if scored.because is not None:
                 liked = scored.because[rank - 1]
-                because = Because(movieId=int(current.item_ids[liked]), title=current.titles[liked])
-            out.append(
-                RecommendedMovie(
-                    **movie(current, row).model_dump(),
-                    rank=rank,
-                    score=float(score),
-                    because=because,
+                item["because"] = (
+                    None
+                    if liked is None
+                    else {"movieId": int(current.item_ids[liked]), "title": current.titles[liked]}
                 )
-            )
+            out.append(item)
         return out
 
-    def record(
-        request: Request,
-        current: Engine,
-        strategy: str,
-        k: int,
-        served: list[RecommendedMovie],
-        **extra,
-    ) -> None:
+    def record(request: Request, current: Engine, strategy: str, k: int, served: list[dict], **extra) -> None:
         request.state.served = {
             "strategy": strategy,
             "k": k,
             "bundle_version": current.version,
-            "items": [(m.movieId, m.rank, round(m.score, 6)) for m in served],
+            "items": [(m["movieId"], m["rank"], round(m["score"], 6)) for m in served],
             **extra,
         }
 
     @app.get("/health", response_model=Health, tags=["ops"])
-    def health() -> Health:
+    async def health() -> Health:
         return Health()
 
-    @app.get(
-        "/ready", response_model=Readiness, tags=["ops"], responses={503: {"model": Readiness}}
-    )
-    def ready() -> Response:
+    @app.get("/ready", response_model=Readiness, tags=["ops"], responses={503: {"model": Readiness}})
+    async def ready() -> Response:
         manager = service.manager
         current = manager.engine
         if current is None:
@@ -451,39 +480,46 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         return JSONResponse(body.model_dump())
 
     @app.get(
-        "/users/{user_id}/recommendations", response_model=Recommendations, tags=["recommendations"]
+        "/users/{user_id}/recommendations",
+        response_model=Recommendations,
+        tags=["recommendations"],
+        openapi_extra=query_docs(
+            ("user_id", "path", "integer", True, "the user"),
+            ("k", "query", "integer", False, f"number of movies, 1-{settings.max_k} (default 10)"),
+            ("exclude", "query", "string", False, "comma-separated movie ids never to return"),
+            ("genres", "query", "string", False, "comma-separated genres: only movies of these"),
+            ("explain", "query", "boolean", False, "say which liked movie contributed most"),
+        ),
     )
-    def recommend_for_user(
-        request: Request,
-        current: Served,
-        user_id: int,
-        k: K = 10,
-        exclude: Annotated[list[int], Query(description="movie ids never to return")] = [],  # noqa: B006
-        genres: Annotated[list[str], Query(description="only movies of these genres")] = [],  # noqa: B006
-        explain: bool = False,
-    ) -> Recommendations:
-        check_length("exclude", exclude)
-        check_length("genres", genres)
-        check_genres(current, genres, "genres")
-        exclude_rows = current.item_rows(np.array(exclude, dtype=np.int64))
+    async def recommend_for_user(request: Request) -> Response:
+        current = engine()
+        params = request.query_params
+        user_id = parse_int(request.path_params["user_id"], "user_id", "path")
+        k = parse_k(params)
+        excluded = parse_id_list(params.get("exclude"), "exclude")
+        genres = parse_genres(current, params.get("genres"), "genres")
+        explain = parse_bool(params.get("explain"), "explain")
+        exclude_rows = current.item_rows(np.array(excluded, dtype=np.int64))
         row = current.user_row(user_id)
         if row is None:
             metrics.fallbacks.labels("unknown_user").inc()
-            scored = current.popular(k, genres, exclude_rows)
-            strategy = "popular_fallback"
+            scored, strategy = current.popular(k, genres, exclude_rows), "popular_fallback"
         else:
-            scored = current.recommend_user(row, k, exclude_rows, genres, explain)
-            strategy = "als"
+            scored, strategy = current.recommend_user(row, k, exclude_rows, genres, explain), "als"
         served = items(current, scored)
         record(request, current, strategy, k, served, user_id=user_id)
-        return Recommendations(
-            bundle_version=current.version, strategy=strategy, user_id=user_id, items=served
+        return JSONResponse(
+            {
+                "bundle_version": current.version,
+                "strategy": strategy,
+                "user_id": user_id,
+                "items": served,
+                "unknown_movie_ids": [],
+            }
         )
 
     @app.post("/recommendations", response_model=Recommendations, tags=["recommendations"])
-    def recommend_cold_start(
-        request: Request, current: Served, body: ColdStartRequest
-    ) -> Recommendations:
+    async def recommend_cold_start(request: Request, current: Served, body: ColdStartRequest) -> Response:
         check_length("liked", body.liked)
         check_length("genres", body.genres)
         check_genres(current, body.genres, "genres")
@@ -495,62 +531,71 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         known = np.unique(rows[rows >= 0])
         if known.size == 0:
             metrics.fallbacks.labels("no_known_liked").inc()
-            scored = current.popular(body.k, body.genres, known)
-            strategy = "popular_fallback"
+            scored, strategy = current.popular(body.k, body.genres, known), "popular_fallback"
         else:
-            scored = current.recommend_liked(known, body.k, body.genres, body.explain)
-            strategy = "fold_in"
+            scored, strategy = current.recommend_liked(known, body.k, body.genres, body.explain), "fold_in"
         served = items(current, scored)
         record(request, current, strategy, body.k, served, cold_start=True)
-        return Recommendations(
-            bundle_version=current.version,
-            strategy=strategy,
-            items=served,
-            unknown_movie_ids=unknown,
+        return JSONResponse(
+            {
+                "bundle_version": current.version,
+                "strategy": strategy,
+                "user_id": None,
+                "items": served,
+                "unknown_movie_ids": unknown,
+            }
         )
 
-    @app.get(
-        "/movies/{movie_id}",
-        response_model=MovieResponse,
-        tags=["movies"],
-        responses={404: {"model": ErrorMessage}},
-    )
-    def get_movie(current: Served, movie_id: int) -> MovieResponse:
+    not_found = {404: {"model": ErrorMessage}}
+
+    @app.get("/movies/{movie_id}", response_model=MovieResponse, tags=["movies"], responses=not_found)
+    async def get_movie(current: Served, movie_id: int) -> Response:
         row = current.item_row(movie_id)
         if row is None:
             raise HTTPException(404, detail=f"movie {movie_id} is not in the catalogue")
-        return MovieResponse(**movie(current, row).model_dump(), bundle_version=current.version)
+        return JSONResponse({**current.movie_fields[row], "bundle_version": current.version})
 
     @app.get(
         "/movies/{movie_id}/similar",
         response_model=SimilarMovies,
         tags=["movies"],
-        responses={404: {"model": ErrorMessage}},
+        responses=not_found,
+        openapi_extra=query_docs(
+            ("movie_id", "path", "integer", True, "the movie"),
+            ("k", "query", "integer", False, f"number of movies, 1-{settings.max_k} (default 10)"),
+        ),
     )
-    def similar_movies(
-        request: Request, current: Served, movie_id: int, k: K = 10
-    ) -> SimilarMovies:
+    async def similar_movies(request: Request) -> Response:
+        current = engine()
+        movie_id = parse_int(request.path_params["movie_id"], "movie_id", "path")
+        k = parse_k(request.query_params)
         row = current.item_row(movie_id)
         if row is None:
             raise HTTPException(404, detail=f"movie {movie_id} is not in the catalogue")
         served = items(current, current.similar(row, k))
         record(request, current, "als", k, served)
-        return SimilarMovies(bundle_version=current.version, movieId=movie_id, items=served)
+        return JSONResponse({"bundle_version": current.version, "movieId": movie_id, "items": served})
 
-    @app.get("/popular", response_model=PopularMovies, tags=["movies"])
-    def popular(
-        request: Request, current: Served, k: K = 10, genre: str | None = None
-    ) -> PopularMovies:
-        if genre is not None:
-            check_genres(current, [genre], "genre")
-        served = items(
-            current, current.popular(k, [genre] if genre else [], np.empty(0, dtype=np.int64))
-        )
+    @app.get(
+        "/popular",
+        response_model=PopularMovies,
+        tags=["movies"],
+        openapi_extra=query_docs(
+            ("k", "query", "integer", False, f"number of movies, 1-{settings.max_k} (default 10)"),
+            ("genre", "query", "string", False, "only movies of this genre"),
+        ),
+    )
+    async def popular(request: Request) -> Response:
+        current = engine()
+        k = parse_k(request.query_params)
+        genre = request.query_params.get("genre") or None
+        genres = parse_genres(current, genre, "genre")
+        served = items(current, current.popular(k, genres, np.empty(0, dtype=np.int64)))
         record(request, current, "popular_fallback", k, served)
-        return PopularMovies(bundle_version=current.version, genre=genre, items=served)
+        return JSONResponse({"bundle_version": current.version, "genre": genre, "items": served})
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
-    def prometheus_metrics() -> Response:
+    async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     def admin(x_api_key: Annotated[str | None, Header()] = None) -> None:
@@ -558,9 +603,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         if expected and not (x_api_key and secrets.compare_digest(x_api_key, expected)):
             raise HTTPException(401, detail="missing or wrong X-API-Key")
 
-    @app.post(
-        "/admin/reload", response_model=ReloadResult, tags=["ops"], dependencies=[Depends(admin)]
-    )
+    @app.post("/admin/reload", response_model=ReloadResult, tags=["ops"], dependencies=[Depends(admin)])
     async def reload() -> ReloadResult:
         changed = await asyncio.to_thread(service.manager.check, True)
         current = service.manager.engine

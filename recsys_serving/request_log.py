@@ -10,6 +10,7 @@ import json
 import queue
 import sqlite3
 import threading
+import time
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
@@ -53,11 +54,11 @@ class RequestRecord:
 
 
 class RequestLog:
-    def __init__(self, path: Path, batch_size: int = 500, flush_seconds: float = 0.2):
+    def __init__(self, path: Path, batch_size: int = 2000, flush_seconds: float = 0.25):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.batch_size, self.flush_seconds = batch_size, flush_seconds
-        self._queue: queue.Queue[RequestRecord | None] = queue.Queue()
+        self._queue: queue.Queue[tuple | None] = queue.Queue()
         self.written = 0
         self.error: str | None = None
         with sqlite3.connect(self.path) as connection:  # fail at startup, not in the writer
@@ -67,43 +68,54 @@ class RequestLog:
         self._thread.start()
 
     def log(self, record: RequestRecord) -> None:
-        self._queue.put_nowait(record)
+        # The row is built here (microseconds) so the writer thread holds the GIL only briefly:
+        # converting thousands of records there stalled the event loop.
+        self._queue.put_nowait(record.row())
 
     def close(self, timeout: float = 30.0) -> None:
         self._queue.put(None)
         self._thread.join(timeout)
+
+    def _collect(self) -> tuple[list[tuple], bool]:
+        """Wait for a record, then gather more for up to ``flush_seconds``: one transaction per
+        batch, not per request (per-request commits cost more CPU than serving the request)."""
+        batch: list[tuple] = []
+        try:
+            first = self._queue.get(timeout=self.flush_seconds)
+        except queue.Empty:
+            return batch, False
+        if first is None:
+            return batch, True
+        batch.append(first)
+        deadline = time.monotonic() + self.flush_seconds
+        while len(batch) < self.batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                item = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
 
     def _run(self) -> None:
         connection = sqlite3.connect(self.path)
         connection.execute("PRAGMA synchronous=NORMAL")
         done = False
         while not done:
-            batch: list[RequestRecord] = []
-            try:
-                first = self._queue.get(timeout=self.flush_seconds)
-            except queue.Empty:
+            batch, done = self._collect()
+            if not batch:
                 continue
-            if first is None:
-                done = True
-            else:
-                batch.append(first)
-            while len(batch) < self.batch_size:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    done = True
-                    break
-                batch.append(item)
-            if batch:
-                try:
-                    with connection:
-                        connection.executemany(
-                            "INSERT OR REPLACE INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                            [r.row() for r in batch],
-                        )
-                    self.written += len(batch)
-                except sqlite3.Error as exc:  # keep serving; the error shows in /ready
-                    self.error = f"request log write failed: {exc}"
+            try:
+                with connection:
+                    connection.executemany(
+                        "INSERT OR REPLACE INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                        batch,
+                    )
+                self.written += len(batch)
+            except sqlite3.Error as exc:  # keep serving; the error shows in /ready
+                self.error = f"request log write failed: {exc}"
         connection.close()

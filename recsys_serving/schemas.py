@@ -44,9 +44,7 @@ class Because(BaseModel):
 class RecommendedMovie(Movie):
     rank: int
     score: float
-    because: Because | None = Field(
-        None, description="the liked movie that contributed most (explain=true)"
-    )
+    because: Because | None = Field(None, description="the liked movie that contributed most (explain=true)")
 
 
 class Recommendations(BaseModel):
@@ -74,9 +72,7 @@ class PopularMovies(BaseModel):
 class ColdStartRequest(BaseModel):
     liked: list[int] = Field(..., description="movie ids the new user likes")
     k: int = Field(10, ge=1)
-    genres: list[str] = Field(
-        default_factory=list, description="only recommend movies of these genres"
-    )
+    genres: list[str] = Field(default_factory=list, description="only recommend movies of these genres")
     explain: bool = False
 
 

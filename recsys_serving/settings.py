@@ -34,9 +34,7 @@ class ServingSettings(BaseSettings):
     @property
     def bundle_path(self) -> Path:
         return (
-            resolve_path(self.bundle_root)
-            if self.bundle_root
-            else resolve_path(self.data_root) / "bundles"
+            resolve_path(self.bundle_root) if self.bundle_root else resolve_path(self.data_root) / "bundles"
         )
 
     @property

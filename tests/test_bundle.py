@@ -23,9 +23,7 @@ def _write(root: Path, weighting: Weighting = BM25) -> tuple[Path, dict]:
     user_ids = np.array([1, 2, 5], dtype=np.int64)
     items = rng.normal(size=(5, 4)).astype(np.float32)
     users = rng.normal(size=(3, 4)).astype(np.float32)
-    seen = sp.csr_matrix(
-        np.array([[1, 0, 0, 1, 0], [0, 1, 0, 0, 0], [1, 1, 1, 0, 0]], dtype=np.float32)
-    )
+    seen = sp.csr_matrix(np.array([[1, 0, 0, 1, 0], [0, 1, 0, 0, 0], [1, 1, 1, 0, 0]], dtype=np.float32))
     movies = pl.DataFrame(
         {
             "movie_id": [3, 10, 42, 77, 90, 999],

@@ -51,9 +51,7 @@ def test_tuned_als_beats_popularity_outside_the_intervals(synthetic_splits) -> N
 def test_ease_is_skipped_with_a_reason_above_the_cap(synthetic_splits) -> None:
     plan = TrainingPlan(tune=False, ease_max_items=10, bootstrap_samples=0)
     model = train_and_evaluate(synthetic_splits, plan)
-    assert (
-        "ease" in model.evaluation.skipped and "exceed the cap" in model.evaluation.skipped["ease"]
-    )
+    assert "ease" in model.evaluation.skipped and "exceed the cap" in model.evaluation.skipped["ease"]
     assert {r.method for r in model.evaluation.results} == {"als", "most_popular", "item_knn"}
 
 
@@ -87,16 +85,12 @@ def test_fold_in_matches_the_training_solve(scheme: str) -> None:
         c = row.data.astype(np.float64)
         a = y.T @ y + (y[row.indices].T * (c - 1)) @ y[row.indices] + 0.5 * np.eye(8)
         expected = np.linalg.solve(a, y[row.indices].T @ c)
-        got = fold_in(
-            model.item_factors, matrix[user].indices, matrix[user].data, 0.5, weighting, norm
-        )
+        got = fold_in(model.item_factors, matrix[user].indices, matrix[user].data, 0.5, weighting, norm)
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
         # ALS's own user factors came from the same equations (the last user step), so fold-in of a
         # training user recommends nearly the same items.
         assert (
-            np.corrcoef(
-                got @ model.item_factors.T, model.user_factors[user] @ model.item_factors.T
-            )[0, 1]
+            np.corrcoef(got @ model.item_factors.T, model.user_factors[user] @ model.item_factors.T)[0, 1]
             > 0.9
         )
 
@@ -120,9 +114,7 @@ def test_approximate_index_recall_is_measured() -> None:
     items = rng.normal(size=(3000, 16)).astype(np.float32)
     ids = np.arange(3000, dtype=np.int64) + 1
     queries = rng.normal(size=(200, 16)).astype(np.float32)
-    good = index_recall(
-        build_index(items, ids, kind="hnsw", hnsw_ef_search=256), queries, items, ids, 10
-    )
+    good = index_recall(build_index(items, ids, kind="hnsw", hnsw_ef_search=256), queries, items, ids, 10)
     poor = index_recall(
         build_index(items, ids, kind="ivf", ivf_nlist=100, ivf_nprobe=1), queries, items, ids, 10
     )
@@ -130,9 +122,7 @@ def test_approximate_index_recall_is_measured() -> None:
 
 
 def test_id_map_drops_unknown_ids() -> None:
-    frame = pl.DataFrame(
-        {"user_id": [5, 9, 5], "movie_id": [100, 100, 7], "weight": [1.0, 2.0, 3.0]}
-    )
+    frame = pl.DataFrame({"user_id": [5, 9, 5], "movie_id": [100, 100, 7], "weight": [1.0, 2.0, 3.0]})
     ids = IdMap.from_frame(frame.head(2))
     matrix = to_csr(frame, ids)
     assert matrix.shape == (2, 1) and matrix.sum() == pytest.approx(3.0)

@@ -78,16 +78,12 @@ def materialized(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
 
 
 def checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
-    return {
-        evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()
-    }
+    return {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
 
 
 def test_definitions_load() -> None:
     dg.Definitions.validate_loadable(defs)
-    assert {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()} == set(
-        ASSETS
-    )
+    assert {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()} == set(ASSETS)
 
 
 def test_full_graph_on_synthetic_data(tmp_path: Path) -> None:
@@ -115,9 +111,7 @@ def test_full_graph_on_synthetic_data(tmp_path: Path) -> None:
     assets_dir = tmp_path / "data" / "assets"
     ratings = pl.read_parquet(assets_dir / "raw_ratings.parquet")
     assert metadata["raw_ratings"]["dagster/row_count"].value == len(ratings)
-    splits = {
-        p.stem: pl.read_parquet(p) for p in (assets_dir / "temporal_splits").glob("*.parquet")
-    }
+    splits = {p.stem: pl.read_parquet(p) for p in (assets_dir / "temporal_splits").glob("*.parquet")}
     assert set(splits) == {"train", "validation", "test"}
     interactions = pl.read_parquet(assets_dir / "interactions.parquet")
     assert sum(len(f) for f in splits.values()) == len(interactions)
@@ -129,10 +123,7 @@ def test_full_graph_on_synthetic_data(tmp_path: Path) -> None:
     # Training: ALS beside the baselines, tracked in MLflow, bundle registered as challenger.
     model_meta = metadata["als_model"]
     assert model_meta["als_ndcg@10"].value > model_meta["most_popular_ndcg@10"].value
-    assert (
-        "item_knn" in model_meta["test_metrics"].value
-        and "ease" in model_meta["test_metrics"].value
-    )
+    assert "item_knn" in model_meta["test_metrics"].value and "ease" in model_meta["test_metrics"].value
     assert "data:image/png;base64" in model_meta["ndcg_chart"].value
     client = mlflow_client(tmp_path)
     runs = client.search_runs([client.get_experiment_by_name("movielens-recsys").experiment_id])
@@ -141,8 +132,7 @@ def test_full_graph_on_synthetic_data(tmp_path: Path) -> None:
     assert parent.data.tags["dagster.run_id"] == result.run_id
     assert parent.data.tags["dagster.asset_key"] == "als_model"
     assert (
-        "test_als_ndcg_at_10" in parent.data.metrics
-        and "test_most_popular_ndcg_at_10" in parent.data.metrics
+        "test_als_ndcg_at_10" in parent.data.metrics and "test_most_popular_ndcg_at_10" in parent.data.metrics
     )
     version = client.get_model_version_by_alias("movielens-als", "challenger")
     bundle_meta = metadata["production_bundle"]

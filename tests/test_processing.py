@@ -103,9 +103,7 @@ def synthetic_interactions() -> pl.DataFrame:
 @pytest.mark.parametrize(
     "rules", [SplitRules(strategy="global_cutoff"), SplitRules(strategy="leave_last_n", n=2)]
 )
-def test_splits_partition_without_leaking(
-    synthetic_interactions: pl.DataFrame, rules: SplitRules
-) -> None:
+def test_splits_partition_without_leaking(synthetic_interactions: pl.DataFrame, rules: SplitRules) -> None:
     splits = temporal_split(synthetic_interactions, rules)
     assert sum(len(f) for f in splits.values()) == len(synthetic_interactions)
     assert all(len(f) > 0 for f in splits.values())
@@ -113,18 +111,14 @@ def test_splits_partition_without_leaking(
 
 
 def test_global_cutoff_boundaries(synthetic_interactions: pl.DataFrame) -> None:
-    splits = temporal_split(
-        synthetic_interactions, SplitRules(validation_fraction=0.1, test_fraction=0.2)
-    )
+    splits = temporal_split(synthetic_interactions, SplitRules(validation_fraction=0.1, test_fraction=0.2))
     assert splits["train"]["timestamp"].max() < splits["validation"]["timestamp"].min()
     assert splits["validation"]["timestamp"].max() < splits["test"]["timestamp"].min()
     assert len(splits["test"]) / len(synthetic_interactions) == pytest.approx(0.2, abs=0.01)
 
 
 def test_leave_last_n_holds_out_each_users_latest() -> None:
-    frame = ratings(
-        [(1, m, 5.0, m * DAY) for m in range(1, 8)] + [(2, 1, 5.0, DAY), (2, 2, 5.0, 2 * DAY)]
-    )
+    frame = ratings([(1, m, 5.0, m * DAY) for m in range(1, 8)] + [(2, 1, 5.0, DAY), (2, 2, 5.0, 2 * DAY)])
     frame = frame.with_columns(weight=pl.lit(1.0, pl.Float32))
     splits = temporal_split(frame, SplitRules(strategy="leave_last_n", n=2))
     assert sorted(splits["test"]["movie_id"].to_list()) == [6, 7]

@@ -45,9 +45,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def build(root: Path, dataset: dict, factors: int) -> Path:
-    plan = TrainingPlan(
-        als=ALSParams(factors=factors, iterations=5), tune=False, bootstrap_samples=0
-    )
+    plan = TrainingPlan(als=ALSParams(factors=factors, iterations=5), tune=False, bootstrap_samples=0)
     model = train_and_evaluate(dataset["splits"], plan, info=lambda _: None)
     return package_bundle(
         root,
@@ -146,17 +144,17 @@ def test_exclude_genres_and_explanations(served, bundles) -> None:
     plain = client.get(f"/users/{user_id}/recommendations", params={"k": 5}).json()["items"]
     banned = [plain[0]["movieId"], plain[1]["movieId"]]
     filtered = client.get(
-        f"/users/{user_id}/recommendations", params={"k": 5, "exclude": banned}
+        f"/users/{user_id}/recommendations", params={"k": 5, "exclude": ",".join(map(str, banned))}
     ).json()["items"]
     assert len(filtered) == 5 and not {i["movieId"] for i in filtered} & set(banned)
     genre = plain[0]["genres"][0]
-    only = client.get(f"/users/{user_id}/recommendations", params={"k": 5, "genres": genre}).json()[
+    only = client.get(f"/users/{user_id}/recommendations", params={"k": 5, "genres": genre}).json()["items"]
+    assert len(only) == 5 and all(genre in i["genres"] for i in only)
+    both = client.get(f"/users/{user_id}/recommendations", params={"k": 8, "genres": f"{genre},War"}).json()
+    assert all({genre, "War"} & set(i["genres"]) for i in both["items"])
+    explained = client.get(f"/users/{user_id}/recommendations", params={"k": 5, "explain": True}).json()[
         "items"
     ]
-    assert len(only) == 5 and all(genre in i["genres"] for i in only)
-    explained = client.get(
-        f"/users/{user_id}/recommendations", params={"k": 5, "explain": True}
-    ).json()["items"]
     liked_ids = set(bundle.item_ids[bundle.liked[5].indices].tolist())
     assert all(i["because"]["movieId"] in liked_ids for i in explained)
 
@@ -206,14 +204,13 @@ def test_movies_similar_and_not_found(served, bundles) -> None:
         ("get", "/users/1/recommendations?k=101", None, 422, "k"),
         ("get", "/users/abc/recommendations", None, 422, "user_id"),
         ("get", "/users/1/recommendations?genres=NoSuchGenre", None, 422, "genres"),
+        ("get", "/users/1/recommendations?exclude=1,x", None, 422, "exclude"),
         ("post", "/recommendations", {"liked": list(range(501))}, 422, "liked"),
         ("post", "/recommendations", {"k": 3}, 422, "liked"),
         ("post", "/recommendations", {"liked": [1], "k": 1000}, 422, "k"),
     ],
 )
-def test_bad_input_is_rejected_naming_the_field(
-    served, method, path, payload, status, names
-) -> None:
+def test_bad_input_is_rejected_naming_the_field(served, method, path, payload, status, names) -> None:
     client, _ = served
     response = client.request(method.upper(), path, json=payload)
     assert response.status_code == status
@@ -290,9 +287,7 @@ def test_hot_swap_under_load_never_fails_or_mixes_bundles(tmp_path: Path, bundle
     user_id = int(load_bundle(bundles["a"]).user_ids[2])
     expected = {}
     with Server(settings_for(root, tmp_path)) as client:
-        expected[bundles["a"].name] = client.get(f"/users/{user_id}/recommendations").json()[
-            "items"
-        ]
+        expected[bundles["a"].name] = client.get(f"/users/{user_id}/recommendations").json()["items"]
         stop = threading.Event()
         responses: list[httpx.Response] = []
 
@@ -309,9 +304,7 @@ def test_hot_swap_under_load_never_fails_or_mixes_bundles(tmp_path: Path, bundle
             assert client.post("/admin/reload").json()["changed"] is True
             time.sleep(0.5)
             stop.set()
-        expected[bundles["b"].name] = client.get(f"/users/{user_id}/recommendations").json()[
-            "items"
-        ]
+        expected[bundles["b"].name] = client.get(f"/users/{user_id}/recommendations").json()["items"]
         assert client.get("/ready").json()["bundle_version"] == bundles["b"].name
 
         # A broken bundle is refused: the old one keeps serving and /ready says why.

@@ -71,14 +71,10 @@ def test_corrupt_download_is_rejected_and_nothing_kept(grouplens_mirror, tmp_pat
 
 def test_unreachable_server_names_offline_alternatives(tmp_path: Path) -> None:
     with pytest.raises(DownloadError) as caught:
-        download_release(
-            "ml-latest-small", tmp_path / "raw", base_url=_closed_port_url(), progress=False
-        )
+        download_release("ml-latest-small", tmp_path / "raw", base_url=_closed_port_url(), progress=False)
     message = str(caught.value)
     assert (
-        "cannot reach" in message
-        and "RECSYS_DATA_DIR" in message
-        and "RECSYS_DATASET=synthetic" in message
+        "cannot reach" in message and "RECSYS_DATA_DIR" in message and "RECSYS_DATASET=synthetic" in message
     )
 
 

@@ -62,10 +62,6 @@ def raw_ratings(context: dg.AssetExecutionContext, source: DatasetSource) -> pl.
     description="great-expectations: schema, nulls, rating range and half-star step, known movie "
     "ids, timestamp range, no duplicate events. Blocks everything downstream when it fails.",
 )
-def raw_ratings_expectations(
-    raw_ratings: pl.DataFrame, raw_movies: pl.DataFrame
-) -> dg.AssetCheckResult:
-    report = validate(
-        raw_ratings, "raw_ratings", ratings_expectations(raw_movies["movie_id"].to_list())
-    )
+def raw_ratings_expectations(raw_ratings: pl.DataFrame, raw_movies: pl.DataFrame) -> dg.AssetCheckResult:
+    report = validate(raw_ratings, "raw_ratings", ratings_expectations(raw_movies["movie_id"].to_list()))
     return report_result(report)

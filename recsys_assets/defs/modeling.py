@@ -108,16 +108,12 @@ def als_model(
                 client.log_batch(
                     trial_id,
                     params=[_param(k, v) for k, v in params.items()],
-                    metrics=[
-                        _metric(k, v) for k, v in _mlflow_metrics(trial.metrics, "val_").items()
-                    ],
+                    metrics=[_metric(k, v) for k, v in _mlflow_metrics(trial.metrics, "val_").items()],
                 )
 
         def on_iteration(iteration: int, elapsed: float, loss: float | None) -> None:
             shown = "n/a" if loss is None else f"{loss:.5f}"
-            context.log.info(
-                f"ALS iteration {iteration + 1}: training loss {shown}, {elapsed:.1f}s"
-            )
+            context.log.info(f"ALS iteration {iteration + 1}: training loss {shown}, {elapsed:.1f}s")
 
         model = train_and_evaluate(
             temporal_splits,
@@ -152,9 +148,7 @@ def als_model(
         **{f"test_{k}": float(v) for k, v in model.split_stats.items()},
         **{f"als_{k}": v for k, v in als.items() if k.endswith("@10")},
         **{
-            f"{r.method}_ndcg@10": r.metrics["ndcg@10"]
-            for r in model.evaluation.results
-            if r.method != "als"
+            f"{r.method}_ndcg@10": r.metrics["ndcg@10"] for r in model.evaluation.results if r.method != "als"
         },
         "test_metrics": dg.MetadataValue.md(model.evaluation.markdown()),
         "ndcg_chart": dg.MetadataValue.md(methods_chart(model.evaluation)),
@@ -162,10 +156,7 @@ def als_model(
     }
     if model.trials:
         trials = pl.DataFrame(
-            [
-                {**t.params.flat(), plan.primary_metric: t.score, "seconds": t.seconds}
-                for t in model.trials
-            ]
+            [{**t.params.flat(), plan.primary_metric: t.score, "seconds": t.seconds} for t in model.trials]
         ).select(
             "factors",
             "regularization",
@@ -212,11 +203,7 @@ def faiss_index(
         ivf_nlist=config.ivf_nlist or None,
         ivf_nprobe=config.ivf_nprobe,
     )
-    bound = (
-        config.min_recall
-        if config.min_recall is not None
-        else (1.0 if config.kind == "flat" else 0.95)
-    )
+    bound = config.min_recall if config.min_recall is not None else (1.0 if config.kind == "flat" else 0.95)
     wrapped = ItemIndex.wrap(index, config.kind, bound, settings)
     context.add_output_metadata(
         {
@@ -242,9 +229,7 @@ def faiss_index_recall(faiss_index: ItemIndex, als_model: TrainedModel) -> dg.As
     rng = np.random.default_rng(0)
     users = als_model.user_factors
     sample = users[rng.choice(len(users), size=min(1000, len(users)), replace=False)]
-    recall = index_recall(
-        faiss_index.load(), sample, als_model.item_factors, als_model.ids.item_ids, k=10
-    )
+    recall = index_recall(faiss_index.load(), sample, als_model.item_factors, als_model.ids.item_ids, k=10)
     return dg.AssetCheckResult(
         passed=recall >= faiss_index.min_recall,
         severity=dg.AssetCheckSeverity.ERROR,
@@ -302,9 +287,7 @@ def production_bundle(
     client.set_tag(als_model.mlflow_run_id, "bundle_version", version)
     name = mlflow_tracking.registered_model
     if client.search_registered_models(filter_string=f"name = '{name}'") == []:
-        client.create_registered_model(
-            name, description="implicit ALS on MovieLens, as production bundles"
-        )
+        client.create_registered_model(name, description="implicit ALS on MovieLens, as production bundles")
     artifact_uri = client.get_run(als_model.mlflow_run_id).info.artifact_uri
     ndcg = als_model.test_metrics["ndcg@10"]
     registered = client.create_model_version(
@@ -331,9 +314,7 @@ def production_bundle(
             model_version=registered.version,
         )
         client.set_registered_model_alias(name, "champion", registered.version)
-        context.log.info(
-            f"promoted {version} (model version {registered.version}): no champion existed"
-        )
+        context.log.info(f"promoted {version} (model version {registered.version}): no champion existed")
     size = sum(f.stat().st_size for f in path.iterdir())
     context.add_output_metadata(
         {
@@ -346,9 +327,7 @@ def production_bundle(
             "alias": "champion" if first else "challenger",
             "promoted": first,
             "test_ndcg@10": ndcg,
-            "files": dg.MetadataValue.json(
-                {p.name: p.stat().st_size for p in sorted(path.iterdir())}
-            ),
+            "files": dg.MetadataValue.json({p.name: p.stat().st_size for p in sorted(path.iterdir())}),
         }
     )
     return {

@@ -23,14 +23,8 @@ def methods_chart(evaluation: Evaluation, metric: str = "ndcg@10") -> str:
     names = [r.method for r in evaluation.results]
     values = [r.metrics[metric] for r in evaluation.results]
     errors = [
-        [
-            v - r.intervals.get(metric, (v, v))[0]
-            for v, r in zip(values, evaluation.results, strict=True)
-        ],
-        [
-            r.intervals.get(metric, (v, v))[1] - v
-            for v, r in zip(values, evaluation.results, strict=True)
-        ],
+        [v - r.intervals.get(metric, (v, v))[0] for v, r in zip(values, evaluation.results, strict=True)],
+        [r.intervals.get(metric, (v, v))[1] - v for v, r in zip(values, evaluation.results, strict=True)],
     ]
     figure, axis = plt.subplots(figsize=(6, 3))
     axis.bar(names, values, yerr=errors, capsize=4, color="#4c72b0")

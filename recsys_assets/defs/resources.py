@@ -86,9 +86,7 @@ class AtomicFileIOManager(dg.ConfigurableIOManager):
         if isinstance(obj, pl.DataFrame):
             with atomic_path(path.with_suffix(".parquet")) as temporary:
                 obj.write_parquet(temporary)
-        elif (
-            isinstance(obj, dict) and obj and all(isinstance(v, pl.DataFrame) for v in obj.values())
-        ):
+        elif isinstance(obj, dict) and obj and all(isinstance(v, pl.DataFrame) for v in obj.values()):
             path.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
             try:
@@ -141,20 +139,14 @@ class MLflowTracking(dg.ConfigurableResource):
     def experiment_id(self) -> str:
         client = self.client()
         if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
-                parents=True, exist_ok=True
-            )
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         found = client.get_experiment_by_name(self.experiment)
         if found is not None:
             return found.experiment_id
-        return client.create_experiment(
-            self.experiment, artifact_location=self._artifact_location()
-        )
+        return client.create_experiment(self.experiment, artifact_location=self._artifact_location())
 
     @contextlib.contextmanager
-    def run(
-        self, name: str, tags: dict[str, str], parent_run_id: str | None = None
-    ) -> Iterator[str]:
+    def run(self, name: str, tags: dict[str, str], parent_run_id: str | None = None) -> Iterator[str]:
         client = self.client()
         if parent_run_id:
             tags = {**tags, "mlflow.parentRunId": parent_run_id}

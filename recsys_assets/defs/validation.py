@@ -8,9 +8,7 @@ from ..validation.suites import ValidationReport
 
 
 def report_result(report: ValidationReport) -> dg.AssetCheckResult:
-    failed = sorted(
-        {f"{f.expectation}({f.column})" if f.column else f.expectation for f in report.failures}
-    )
+    failed = sorted({f"{f.expectation}({f.column})" if f.column else f.expectation for f in report.failures})
     return dg.AssetCheckResult(
         passed=report.success,
         severity=dg.AssetCheckSeverity.ERROR,

@@ -62,9 +62,7 @@ def index_recall(
     order = np.argsort(item_ids)
     sorted_ids = np.asarray(item_ids)[order]
     valid = found >= 0
-    where = np.minimum(
-        np.searchsorted(sorted_ids, np.where(valid, found, sorted_ids[0])), len(order) - 1
-    )
+    where = np.minimum(np.searchsorted(sorted_ids, np.where(valid, found, sorted_ids[0])), len(order) - 1)
     columns = order[where]
     found_scores = np.take_along_axis(scores, columns, axis=1)
     correct = valid & (found_scores >= (kth - tolerance * np.maximum(1.0, np.abs(kth)))[:, None])

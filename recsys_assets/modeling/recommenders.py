@@ -135,9 +135,7 @@ class ALS:
             import implicit.gpu
 
             if not implicit.gpu.HAS_CUDA:
-                raise RuntimeError(
-                    "use_gpu=True but implicit was built without CUDA or no GPU is visible"
-                )
+                raise RuntimeError("use_gpu=True but implicit was built without CUDA or no GPU is visible")
             from implicit.gpu.als import AlternatingLeastSquares
 
             return AlternatingLeastSquares(**kwargs)
@@ -145,9 +143,7 @@ class ALS:
 
     def fit(self, user_items: sp.csr_matrix) -> None:
         weighting = self.params.weighting
-        self.length_norm = (
-            item_length_norm(user_items, weighting) if weighting.scheme == "bm25" else None
-        )
+        self.length_norm = item_length_norm(user_items, weighting) if weighting.scheme == "bm25" else None
         confidence = confidence_matrix(user_items, weighting, self.length_norm)
         started = time.perf_counter()
 

@@ -66,9 +66,7 @@ def train_and_evaluate(
     if plan.tune and not validation.is_empty():
         search_ids = IdMap.from_frame(train)
         candidates = sample_trials(plan.space, plan.als)
-        info(
-            f"tuning ALS: {len(candidates)} trials on the validation split ({plan.primary_metric})"
-        )
+        info(f"tuning ALS: {len(candidates)} trials on the validation split ({plan.primary_metric})")
         trials = search(
             to_csr(train, search_ids),
             to_csr(validation, search_ids),
@@ -90,9 +88,7 @@ def train_and_evaluate(
         "test_interactions_unknown_items": int((~known_items).sum()),
         "fit_interactions": len(fitted),
     }
-    split_stats["cold_user_share"] = split_stats["cold_test_users"] / max(
-        split_stats["test_users"], 1
-    )
+    split_stats["cold_user_share"] = split_stats["cold_test_users"] / max(split_stats["test_users"], 1)
 
     als = ALS(params, on_iteration=on_iteration)
     models: list[Recommender] = [als, MostPopular(), ItemKNN(plan.knn_neighbours)]
@@ -110,9 +106,7 @@ def train_and_evaluate(
         model.fit(x_fit)
         elapsed = time.perf_counter() - started
         fit_seconds = elapsed if model is als else fit_seconds
-        info(
-            f"fitted {model.name} on {x_fit.shape[0]:,} users x {x_fit.shape[1]:,} items in {elapsed:.1f}s"
-        )
+        info(f"fitted {model.name} on {x_fit.shape[0]:,} users x {x_fit.shape[1]:,} items in {elapsed:.1f}s")
     evaluation = evaluate(models, x_fit, x_test, n_boot=plan.bootstrap_samples)
     evaluation.skipped = skipped
     return TrainedModel(
@@ -123,9 +117,7 @@ def train_and_evaluate(
         length_norm=als.length_norm,
         evaluation=evaluation,
         trials=trials,
-        dataset_fingerprint=fingerprint(
-            fitted.select("user_id", "movie_id", "weight", "timestamp")
-        ),
+        dataset_fingerprint=fingerprint(fitted.select("user_id", "movie_id", "weight", "timestamp")),
         split_stats=split_stats,
         fit_seconds=fit_seconds,
     )

@@ -28,9 +28,7 @@ class SearchSpace:
 def sample_trials(space: SearchSpace, base: ALSParams) -> list[ALSParams]:
     """The whole grid when it is small enough, else ``n_trials`` distinct points drawn at random."""
     grid = list(
-        itertools.product(
-            space.factors, space.regularization, space.iterations, space.weighting, space.alpha
-        )
+        itertools.product(space.factors, space.regularization, space.iterations, space.weighting, space.alpha)
     )
     if len(grid) > space.n_trials:
         rng = np.random.default_rng(space.seed)

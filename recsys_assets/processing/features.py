@@ -42,17 +42,11 @@ def item_features(movies: pl.DataFrame, window: pl.DataFrame, reference_ts: int)
         movies.join(stats, on="movie_id", how="left")
         .with_columns(pl.col("rating_count").fill_null(0))
         .with_columns(
-            *(
-                pl.col("genres").list.contains(g).cast(pl.UInt8).alias(genre_column(g))
-                for g in genres
-            ),
+            *(pl.col("genres").list.contains(g).cast(pl.UInt8).alias(genre_column(g)) for g in genres),
             pl.col("genres").list.len().cast(pl.UInt8).alias("n_genres"),
             (reference_year - pl.col("year")).cast(pl.Int16).alias("age_years"),
             (pl.col("rating_count") / total).cast(pl.Float32).alias("popularity"),
-            pl.col("rating_count")
-            .rank("min", descending=True)
-            .cast(pl.Int32)
-            .alias("popularity_rank"),
+            pl.col("rating_count").rank("min", descending=True).cast(pl.Int32).alias("popularity_rank"),
             ((reference_ts - pl.col("last_rated")) / SECONDS_PER_DAY)
             .cast(pl.Float32)
             .alias("days_since_last_rating"),

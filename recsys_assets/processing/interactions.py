@@ -26,9 +26,7 @@ class InteractionRules:
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.positive_threshold <= 5.0:
-            raise ValueError(
-                f"positive_threshold must be within 0.5..5, got {self.positive_threshold}"
-            )
+            raise ValueError(f"positive_threshold must be within 0.5..5, got {self.positive_threshold}")
         if self.weighting not in ("binary", "rating", "above_threshold"):
             raise ValueError(f"unknown weighting {self.weighting!r}")
         if self.min_user_interactions < 1 or self.min_item_interactions < 1:
@@ -44,17 +42,13 @@ def _weight(rules: InteractionRules) -> pl.Expr:
     return 1.0 + rating - rules.positive_threshold
 
 
-def k_core(
-    frame: pl.DataFrame, min_user: int, min_item: int, max_rounds: int
-) -> tuple[pl.DataFrame, int]:
+def k_core(frame: pl.DataFrame, min_user: int, min_item: int, max_rounds: int) -> tuple[pl.DataFrame, int]:
     """Drop users and items below their minimum counts until none is left (returns rounds used)."""
     for rounds in range(1, max_rounds + 1):
         counted = frame.with_columns(
             pl.len().over("user_id").alias("_u"), pl.len().over("movie_id").alias("_i")
         )
-        kept = counted.filter((pl.col("_u") >= min_user) & (pl.col("_i") >= min_item)).drop(
-            "_u", "_i"
-        )
+        kept = counted.filter((pl.col("_u") >= min_user) & (pl.col("_i") >= min_item)).drop("_u", "_i")
         if len(kept) == len(frame):
             return kept, rounds
         frame = kept

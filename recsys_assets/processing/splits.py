@@ -101,14 +101,10 @@ def split_violations(splits: dict[str, pl.DataFrame]) -> list[str]:
             )
     first_test = splits["test"].group_by("user_id").agg(pl.col("timestamp").min().alias("t_test"))
     leaked = (
-        splits["validation"]
-        .join(first_test, on="user_id")
-        .filter(pl.col("timestamp") > pl.col("t_test"))
+        splits["validation"].join(first_test, on="user_id").filter(pl.col("timestamp") > pl.col("t_test"))
     )
     if len(leaked):
-        problems.append(
-            f"{len(leaked)} validation interactions are later than test ones of the same user"
-        )
+        problems.append(f"{len(leaked)} validation interactions are later than test ones of the same user")
     keys = pl.concat([f.select("user_id", "movie_id") for f in splits.values()])
     if keys.is_duplicated().any():
         problems.append("a (user, movie) pair appears in more than one split")

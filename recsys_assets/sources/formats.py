@@ -133,14 +133,10 @@ def detect_layout(directory: Path) -> Layout:
     if not directory.is_dir():
         raise FileNotFoundError(f"MovieLens directory {directory} does not exist")
     for layout in LAYOUTS.values():
-        if (directory / layout.ratings.filename).is_file() and (
-            directory / layout.movies.filename
-        ).is_file():
+        if (directory / layout.ratings.filename).is_file() and (directory / layout.movies.filename).is_file():
             return layout
     present = sorted(p.name for p in directory.iterdir())[:20]
-    expected = "; ".join(
-        f"{lay.ratings.filename} + {lay.movies.filename}" for lay in LAYOUTS.values()
-    )
+    expected = "; ".join(f"{lay.ratings.filename} + {lay.movies.filename}" for lay in LAYOUTS.values())
     raise FileNotFoundError(
         f"{directory} holds no MovieLens files (expected one of: {expected}); found: {present}"
     )
@@ -334,9 +330,7 @@ def read_movies(directory: Path, layout: Layout | None = None) -> pl.DataFrame:
         flags = _read_ml100k_genre_flags(path, layout.movies)
         frame = frame.with_columns(genres=flags)
     else:
-        frame = read_table(path, layout.movies).with_columns(
-            genres=_normalise_genres(pl.col("genres"))
-        )
+        frame = read_table(path, layout.movies).with_columns(genres=_normalise_genres(pl.col("genres")))
     title, year = parse_title(pl.col("title"))
     return frame.select(
         pl.col("movie_id").cast(pl.Int32),

@@ -37,9 +37,7 @@ def _release_name(directory: Path) -> str:
 
 def _local(directory: Path) -> ResolvedSource:
     detect_layout(directory)  # fails early, naming what it expected, when the folder is wrong
-    return ResolvedSource(
-        "movielens", _release_name(directory), directory, f"local copy at {directory}"
-    )
+    return ResolvedSource("movielens", _release_name(directory), directory, f"local copy at {directory}")
 
 
 def _synthetic(config: SyntheticConfig, raw_dir: Path, warnings: tuple[str, ...]) -> ResolvedSource:
@@ -88,15 +86,11 @@ def resolve_source(
         directory = download_release(dataset, raw_dir, **download_kwargs)
         return ResolvedSource("movielens", dataset, directory, "downloaded from GroupLens")
     if dataset != "auto":
-        raise ValueError(
-            f"unknown dataset {dataset!r}: use auto, synthetic or one of {list(RELEASES)}"
-        )
+        raise ValueError(f"unknown dataset {dataset!r}: use auto, synthetic or one of {list(RELEASES)}")
 
     for name in (AUTO_RELEASE, *RELEASES):
         if (raw_dir / name).is_dir():
-            return ResolvedSource(
-                "movielens", name, raw_dir / name, f"cached download in {raw_dir / name}"
-            )
+            return ResolvedSource("movielens", name, raw_dir / name, f"cached download in {raw_dir / name}")
     reason = "downloads are disabled"
     if allow_download:
         try:

@@ -164,9 +164,7 @@ def _movies(cfg: SyntheticConfig, rng: np.random.Generator) -> dict[str, np.ndar
     classic = rng.integers(1920, start_year - 15, size=n) if start_year - 15 > 1920 else recent
     year = np.where(rng.random(n) < 0.7, recent, classic)
     release_ts = (
-        np.array([SyntheticConfig._ts(f"{y}-01-01") for y in range(1920, end_year + 1)])[
-            year - 1920
-        ]
+        np.array([SyntheticConfig._ts(f"{y}-01-01") for y in range(1920, end_year + 1)])[year - 1920]
         + rng.integers(0, 365, size=n) * _DAY
     )
     available = np.clip(release_ts, cfg.start_ts, cfg.end_ts - _DAY)
@@ -331,9 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ratings", type=int, default=defaults.n_ratings)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     args = parser.parse_args(argv)
-    cfg = SyntheticConfig(
-        n_users=args.users, n_movies=args.movies, n_ratings=args.ratings, seed=args.seed
-    )
+    cfg = SyntheticConfig(n_users=args.users, n_movies=args.movies, n_ratings=args.ratings, seed=args.seed)
     started = datetime.now()
     if args.out.exists():
         parser.error(f"{args.out} already exists")

@@ -59,9 +59,7 @@ class ValidationReport:
         ]
         for f in self.failures:
             count = (
-                ""
-                if f.unexpected_count is None
-                else f"{f.unexpected_count:,} ({f.unexpected_percent:.3g}%)"
+                "" if f.unexpected_count is None else f"{f.unexpected_count:,} ({f.unexpected_percent:.3g}%)"
             )
             sample = f.sample_values if f.sample_values else f.observed
             table.append(f"| `{f.expectation}` | {f.column or ''} | {count} | {sample} |")
@@ -74,9 +72,7 @@ class ValidationReport:
                     "|" + "---|" * len(header),
                     *("| " + " | ".join(str(r[h]) for h in header) + " |" for r in f.sample_rows),
                 ]
-                lines.append(
-                    f"Sample bad rows for `{f.expectation}` on `{f.column}`:\n\n" + "\n".join(rows)
-                )
+                lines.append(f"Sample bad rows for `{f.expectation}` on `{f.column}`:\n\n" + "\n".join(rows))
         return "\n\n".join(lines)
 
 
@@ -94,9 +90,7 @@ def ratings_expectations(
         gxe.ExpectColumnValuesToBeBetween(column="rating", min_value=0.5, max_value=5.0),
         gxe.ExpectColumnValuesToBeInSet(column="rating", value_set=HALF_STARS),
         gxe.ExpectColumnValuesToBeInSet(column="movie_id", value_set=list(known_movie_ids)),
-        gxe.ExpectColumnValuesToBeBetween(
-            column="timestamp", min_value=EARLIEST_TIMESTAMP, max_value=latest
-        ),
+        gxe.ExpectColumnValuesToBeBetween(column="timestamp", min_value=EARLIEST_TIMESTAMP, max_value=latest),
         gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "movie_id", "timestamp"]),
     ]
 
@@ -109,9 +103,7 @@ def interactions_expectations(
         gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
         *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in columns),
-        gxe.ExpectColumnValuesToBeBetween(
-            column="rating", min_value=positive_threshold, max_value=5.0
-        ),
+        gxe.ExpectColumnValuesToBeBetween(column="rating", min_value=positive_threshold, max_value=5.0),
         gxe.ExpectColumnValuesToBeBetween(column="weight", min_value=0, strict_min=True),
         gxe.ExpectColumnValuesToBeInSet(column="movie_id", value_set=list(known_movie_ids)),
         gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "movie_id"]),
@@ -129,9 +121,7 @@ def _context() -> gx.data_context.AbstractDataContext:
     return context
 
 
-def validate(
-    frame: pl.DataFrame, suite_name: str, expectations: list[gxe.Expectation]
-) -> ValidationReport:
+def validate(frame: pl.DataFrame, suite_name: str, expectations: list[gxe.Expectation]) -> ValidationReport:
     """Run ``expectations`` on ``frame`` and collect each failure with sample offending rows."""
     context = _context()
     run_name = f"{suite_name}-{uuid.uuid4().hex[:8]}"
@@ -161,9 +151,9 @@ def validate(
         config = outcome.expectation_config
         kwargs = config.kwargs
         column = kwargs.get("column") or ", ".join(kwargs.get("column_list", []) or [])
-        indices = [
-            i for i in details.get("partial_unexpected_index_list") or [] if isinstance(i, int)
-        ][:SAMPLE_ROWS]
+        indices = [i for i in details.get("partial_unexpected_index_list") or [] if isinstance(i, int)][
+            :SAMPLE_ROWS
+        ]
         rows = frame[indices].to_dicts() if indices else []
         if outcome.exception_info and outcome.exception_info.get("raised_exception"):
             observed = outcome.exception_info.get("exception_message")

@@ -1,0 +1,239 @@
+"""Serving throughput and latency, each recommendation route against /health on the same server.
+
+    python benchmarks/serve_bench.py                       # ml-latest-small beside the checkout
+    python benchmarks/serve_bench.py --synthetic 1000000   # or synthetic data of that size
+
+Builds a bundle with the pipeline's own code, starts `uvicorn recsys_serving.main:app` (one
+worker) on 127.0.0.1, and drives it with a bounded keep-alive load generator at fixed
+concurrency for a fixed time per route. Prints requests/s and p50/p95/p99 per route with the ratio
+to /health, then re-runs known-user recommendations paced at half their measured throughput to
+report p99 under moderate load. Client and server share this machine's cores, so absolute numbers
+depend on it; the ratios are the comparable figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "movielens" / "ml-latest-small"
+
+
+def build_bundle(root: Path, data_dir: Path | None, synthetic: int | None) -> Path:
+    from recsys_assets.modeling.packaging import package_bundle
+    from recsys_assets.modeling.training import TrainingPlan, train_and_evaluate
+    from recsys_assets.processing.interactions import InteractionRules, build_interactions
+    from recsys_assets.processing.splits import SplitRules, temporal_split
+    from recsys_assets.sources.formats import read_movies, read_ratings
+    from recsys_assets.sources.synthetic import SyntheticConfig, write_dataset
+    from recsys_serving.promotion import promote
+
+    if data_dir is None:
+        cfg = SyntheticConfig(
+            n_users=max(1000, synthetic // 100),
+            n_movies=max(3000, synthetic // 400),
+            n_ratings=synthetic,
+        )
+        data_dir = write_dataset(cfg, root / "synthetic")
+    ratings, movies = read_ratings(data_dir), read_movies(data_dir)
+    interactions, _ = build_interactions(ratings, InteractionRules())
+    splits = temporal_split(interactions, SplitRules(strategy="leave_last_n", n=2))
+    model = train_and_evaluate(splits, TrainingPlan(tune=False, bootstrap_samples=0), info=lambda _: None)
+    path = package_bundle(
+        root / "bundles", model, movies, ratings, splits, {"dataset": {"source": str(data_dir)}}
+    )
+    promote(root / "bundles", path.name, reason="benchmark")
+    return path
+
+
+async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes) -> int:
+    writer.write(raw)
+    await writer.drain()
+    status_line = await reader.readline()
+    length = 0
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return int(status_line.split()[1])
+
+
+def _raw(method: str, path: str, body: dict | None) -> bytes:
+    payload = json.dumps(body).encode() if body is not None else b""
+    head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nConnection: keep-alive\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+    return head.encode() + b"\r\n" + payload
+
+
+async def drive(
+    port: int, requests: list[bytes], concurrency: int, seconds: float, rate: float | None = None
+) -> dict:
+    """Closed loop at fixed concurrency (or paced to ``rate`` requests/s in total) for ``seconds``."""
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    per_connection = rate / concurrency if rate else None
+
+    async def worker(seed: int) -> None:
+        nonlocal errors
+        rng = random.Random(seed)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        next_at = time.perf_counter()
+        try:
+            while time.perf_counter() < deadline:
+                if per_connection:
+                    next_at += rng.expovariate(per_connection)
+                    delay = next_at - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                started = time.perf_counter()
+                status = await _request(reader, writer, requests[rng.randrange(len(requests))])
+                latencies.append(time.perf_counter() - started)
+                errors += status != 200
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {
+        "requests": len(ms),
+        "errors": errors,
+        "rps": len(ms) / elapsed,
+        "p50": float(np.percentile(ms, 50)),
+        "p95": float(np.percentile(ms, 95)),
+        "p99": float(np.percentile(ms, 99)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA if DEFAULT_DATA.is_dir() else None)
+    parser.add_argument("--synthetic", type=int, default=None, help="use synthetic data of this many ratings")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=8.0, help="per route")
+    args = parser.parse_args()
+    data_dir = None if args.synthetic else args.data_dir
+    if data_dir is None and not args.synthetic:
+        args.synthetic = 100_000
+
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        bundle_path = build_bundle(work, data_dir, args.synthetic)
+        from recsys_serving.bundle import load_bundle
+
+        bundle = load_bundle(bundle_path)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        env = {
+            **os.environ,
+            "RECSYS_BUNDLE_ROOT": str(work / "bundles"),
+            "RECSYS_REQUEST_LOG": str(work / "requests.sqlite"),
+            "RECSYS_RATE_LIMIT_PER_SECOND": "0",
+        }
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "recsys_serving.main:app", "--host", "127.0.0.1", "--port", str(port),
+             "--log-level", "warning", "--no-access-log"],
+            env=env,
+        )  # fmt: skip
+        try:
+            deadline = time.time() + 60
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                        conn.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+                        if b" 200 " in conn.recv(1024):
+                            break
+                except OSError:
+                    pass
+                if time.time() > deadline or server.poll() is not None:
+                    raise SystemExit("the server did not become ready")
+                time.sleep(0.3)
+
+            rng = np.random.default_rng(0)
+            users = rng.choice(bundle.user_ids, size=min(500, len(bundle.user_ids)), replace=False)
+            movies = rng.choice(bundle.item_ids, size=min(500, len(bundle.item_ids)), replace=False)
+            routes = {
+                "/health": [_raw("GET", "/health", None)],
+                "GET /users/{id}/recommendations": [
+                    _raw("GET", f"/users/{u}/recommendations?k=10", None) for u in users
+                ],
+                "  ... &explain=true": [
+                    _raw("GET", f"/users/{u}/recommendations?k=10&explain=true", None) for u in users
+                ],
+                "POST /recommendations (5 liked)": [
+                    _raw(
+                        "POST",
+                        "/recommendations",
+                        {"liked": rng.choice(movies, 5).tolist(), "k": 10},
+                    )
+                    for _ in range(300)
+                ],
+                "GET /movies/{id}/similar": [_raw("GET", f"/movies/{m}/similar?k=10", None) for m in movies],
+                "GET /popular": [_raw("GET", "/popular?k=10", None)],
+            }
+            for requests in routes.values():  # warm up
+                asyncio.run(drive(port, requests, args.concurrency, 1.0))
+            results = {
+                name: asyncio.run(drive(port, reqs, args.concurrency, args.seconds))
+                for name, reqs in routes.items()
+            }
+            known = results["GET /users/{id}/recommendations"]
+            paced = asyncio.run(
+                drive(
+                    port,
+                    routes["GET /users/{id}/recommendations"],
+                    args.concurrency,
+                    args.seconds,
+                    rate=known["rps"] / 2,
+                )
+            )
+        finally:
+            server.terminate()
+            server.wait(30)
+
+    health = results["/health"]["rps"]
+    print(
+        f"\nbundle: {len(bundle.user_ids):,} users x {len(bundle.item_ids):,} items, {bundle.item_factors.shape[1]} factors"
+    )
+    print(
+        f"uvicorn, 1 worker; {args.concurrency} keep-alive connections; {args.seconds:g}s per route; {os.cpu_count()} CPUs\n"
+    )
+    print("| route | req/s | vs /health | p50 ms | p95 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        print(
+            f"| {name} | {r['rps']:.0f} | {r['rps'] / health:.0%} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['errors']} |"
+        )
+    print(
+        f"\nknown-user recommendations paced at half their throughput ({paced['rps']:.0f} req/s): "
+        f"p50 {paced['p50']:.2f} ms, p95 {paced['p95']:.2f} ms, p99 {paced['p99']:.2f} ms, errors {paced['errors']}"
+    )
+    print(
+        f"target: >= 70% of /health throughput -> {known['rps'] / health:.0%}; p99 < 10 ms at half -> {paced['p99']:.2f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -247,5 +247,8 @@ def test_cli_materialize_all(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert (tmp_path / "data" / "assets" / "user_features.parquet").is_file()
-    assert len(list((tmp_path / "data" / "bundles").iterdir())) == 1
+    bundles = [p for p in (tmp_path / "data" / "bundles").iterdir() if p.is_dir()]
+    assert len(bundles) == 1
+    # The first bundle ever built is promoted: the pointer names it.
+    assert (tmp_path / "data" / "bundles" / "CURRENT").read_text().strip() == bundles[0].name
     assert (home / "history" / "runs.db").is_file() or any(home.rglob("*.db"))

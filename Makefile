@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 
-.PHONY: install demo materialize ui mlflow test lint clean
+.PHONY: install demo serve materialize ui mlflow test lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## demo: set up, then materialise the whole asset graph on the default data
-demo: materialize
-	@echo
-	@echo "All assets are built. Browse them in the Dagster UI:"
-	@echo "    make ui        (or: DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -w workspace.yaml)"
-	@echo "    then open http://127.0.0.1:3000"
+## demo: set up, build the asset graph if no bundle is promoted, then run the API and the Dagster UI
+demo: install
+	$(BIN)/recsys-demo
+
+## serve: only the API, on the promoted bundle
+serve: install
+	$(BIN)/uvicorn recsys_serving.main:app --host 127.0.0.1 --port 8000
 
 materialize: install
 	$(BIN)/dagster asset materialize -m recsys_assets.definitions --select '*'

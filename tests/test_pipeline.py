@@ -252,3 +252,70 @@ def test_cli_materialize_all(tmp_path: Path) -> None:
     # The first bundle ever built is promoted: the pointer names it.
     assert (tmp_path / "data" / "bundles" / "CURRENT").read_text().strip() == bundles[0].name
     assert (home / "history" / "runs.db").is_file() or any(home.rglob("*.db"))
+
+
+def test_demo_command_builds_serves_and_stops_on_one_ctrl_c(tmp_path: Path) -> None:
+    """`make demo`'s launcher: materialise, promote, run API + Dagster UI, one SIGINT stops both."""
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    def free_port() -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(
+        (Path(__file__).parents[1] / "dagster_home" / "dagster.yaml").read_text()
+    )
+    api_port, ui_port = free_port(), free_port()
+    env = {
+        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "DAGSTER_HOME": str(home),
+        "RECSYS_DATASET": "synthetic",
+        "RECSYS_DATA_ROOT": str(tmp_path / "data"),
+        "RECSYS_SYNTHETIC_RATINGS": "8000",
+        "RECSYS_SYNTHETIC_USERS": "200",
+        "RECSYS_SYNTHETIC_MOVIES": "300",
+        "RECSYS_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    launcher = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "recsys-demo"),
+            "--api-port",
+            str(api_port),
+            "--ui-port",
+            str(ui_port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 240
+        api_ready = ui_up = False
+        while time.time() < deadline and not (api_ready and ui_up):
+            assert launcher.poll() is None, launcher.stdout.read()[-3000:]
+            try:
+                api_ready = httpx.get(f"http://127.0.0.1:{api_port}/ready", timeout=2).status_code == 200
+                ui_up = httpx.get(f"http://127.0.0.1:{ui_port}/server_info", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        assert api_ready and ui_up
+        recommendation = httpx.get(f"http://127.0.0.1:{api_port}/users/1/recommendations?k=3").json()
+        assert len(recommendation["items"]) == 3
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        output, _ = launcher.communicate(timeout=60)
+    assert launcher.returncode == 0, output[-3000:]
+    assert "curl" in output and f"127.0.0.1:{ui_port}" in output
+    for port in (api_port, ui_port):
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served after Ctrl-C"

@@ -57,11 +57,8 @@ def offline_help(release: str, raw_dir: Path) -> str:
 
 
 def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def _expected_md5(release: Release, url: str, timeout: tuple[float, float]) -> str:

@@ -145,7 +145,7 @@ def als_model(
         "factors": model.params.factors,
         "fit_seconds": model.fit_seconds,
         "evaluation_users": model.evaluation.users,
-        **{f"test_{k}": float(v) for k, v in model.split_stats.items()},
+        **{k: float(v) for k, v in model.split_stats.items()},
         **{f"als_{k}": v for k, v in als.items() if k.endswith("@10")},
         **{
             f"{r.method}_ndcg@10": r.metrics["ndcg@10"] for r in model.evaluation.results if r.method != "als"

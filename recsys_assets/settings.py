@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -54,6 +55,17 @@ def _integer(environ: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name}={value!r} is not an integer") from None
 
 
+def _day(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a date (YYYY-MM-DD)") from None
+    return value
+
+
 DATASET_CHOICES = (
     "auto",
     "synthetic",
@@ -80,6 +92,7 @@ class Settings:
     synthetic_movies: int = 3_000
     synthetic_ratings: int = 100_000
     synthetic_seed: int = 42
+    history_cutoff: str | None = None  # YYYY-MM-DD: train on ratings before it, stream the rest
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -104,6 +117,7 @@ class Settings:
             synthetic_movies=_integer(environ, "RECSYS_SYNTHETIC_MOVIES", cls.synthetic_movies),
             synthetic_ratings=_integer(environ, "RECSYS_SYNTHETIC_RATINGS", cls.synthetic_ratings),
             synthetic_seed=_integer(environ, "RECSYS_SYNTHETIC_SEED", cls.synthetic_seed),
+            history_cutoff=_day(environ, "RECSYS_HISTORY_CUTOFF"),
             dataset=dataset,
             data_dir=resolve_path(data_dir, root) if data_dir else None,
             data_root=data_root,

@@ -5,6 +5,7 @@ import polars as pl
 
 from ..processing.splits import iso_time
 from ..sources.formats import read_movies, read_ratings
+from ..streaming.simulator import parse_day
 from ..validation.suites import ratings_expectations, validate
 from .metadata import frame_metadata
 from .resources import DatasetSource
@@ -41,6 +42,12 @@ def raw_ratings(context: dg.AssetExecutionContext, source: DatasetSource) -> pl.
     """Every rating as (user_id, movie_id, rating, timestamp), parsed strictly from the source."""
     resolved, extra = _source_metadata(context, source)
     ratings = read_ratings(resolved.directory)
+    if source.history_cutoff:
+        # The stream simulator delivers everything from the cutoff on as new batches.
+        before = len(ratings)
+        ratings = ratings.filter(pl.col("timestamp") < parse_day(source.history_cutoff))
+        extra["history_cutoff"] = source.history_cutoff
+        extra["ratings_held_back_for_streaming"] = before - len(ratings)
     context.add_output_metadata(
         {
             **frame_metadata(ratings, resolved.describe()),

@@ -34,6 +34,7 @@ class DatasetSource(dg.ConfigurableResource):
     synthetic_movies: int = 3_000
     synthetic_ratings: int = 100_000
     synthetic_seed: int = 42
+    history_cutoff: str | None = None  # YYYY-MM-DD: only ratings before it (the rest is streamed)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "DatasetSource":
@@ -47,6 +48,7 @@ class DatasetSource(dg.ConfigurableResource):
             synthetic_movies=settings.synthetic_movies,
             synthetic_ratings=settings.synthetic_ratings,
             synthetic_seed=settings.synthetic_seed,
+            history_cutoff=settings.history_cutoff,
         )
 
     def resolve(self, log: logging.Logger | dg.DagsterLogManager) -> ResolvedSource:

@@ -1,0 +1,1 @@
+"""New ratings arriving over time: the stream simulator and drift measures (no Dagster here)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 import mlflow
 import polars as pl
+import pytest
 from conftest import CSV_RATINGS, write_lines
 
 from recsys_assets.definitions import all_assets, all_checks, defs
@@ -319,3 +320,25 @@ def test_demo_command_builds_serves_and_stops_on_one_ctrl_c(tmp_path: Path) -> N
     for port in (api_port, ui_port):
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served after Ctrl-C"
+
+
+@pytest.mark.parametrize(("cutoff", "kept"), [("2000-07-30", 0), ("2000-07-31", 5)])
+def test_raw_ratings_keep_only_history_before_the_cutoff(
+    tmp_path: Path, csv_dir: Path, cutoff: str, kept: int
+) -> None:
+    from recsys_assets.defs.ingestion import raw_ratings
+
+    result = dg.materialize(
+        [raw_ratings],
+        resources={
+            "source": DatasetSource(data_root=str(tmp_path), data_dir=str(csv_dir), history_cutoff=cutoff),
+            "io_manager": AtomicFileIOManager(base_dir=str(tmp_path / "assets")),
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    ratings = pl.read_parquet(tmp_path / "assets" / "raw_ratings.parquet")
+    # CSV_RATINGS hold five ratings, all on 2000-07-30 (UTC).
+    assert len(ratings) == kept
+    metadata = materialized(result)["raw_ratings"]
+    assert metadata["ratings_held_back_for_streaming"].value == 5 - kept
+    assert metadata["history_cutoff"].value == cutoff

@@ -79,6 +79,21 @@ DATASET_CHOICES = (
 )
 
 
+# The settings that say where ratings come from: shared by the Dagster resource and the CLIs.
+SOURCE_OPTIONS = (
+    "dataset",
+    "data_dir",
+    "data_root",
+    "allow_download",
+    "movielens_url",
+    "synthetic_users",
+    "synthetic_movies",
+    "synthetic_ratings",
+    "synthetic_seed",
+    "history_cutoff",
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     dataset: str
@@ -93,6 +108,9 @@ class Settings:
     synthetic_ratings: int = 100_000
     synthetic_seed: int = 42
     history_cutoff: str | None = None  # YYYY-MM-DD: train on ratings before it, stream the rest
+
+    def source_options(self) -> dict:
+        return {name: getattr(self, name) for name in SOURCE_OPTIONS}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

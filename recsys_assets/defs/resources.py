@@ -12,9 +12,8 @@ import dagster as dg
 import mlflow
 import polars as pl
 
-from ..settings import Settings, resolve_path
-from ..sources.resolve import ResolvedSource, resolve_source
-from ..sources.synthetic import SyntheticConfig
+from ..settings import SOURCE_OPTIONS, Settings, resolve_path
+from ..sources.resolve import ResolvedSource, resolve_options
 from ..storage import atomic_path, publish_directory
 
 
@@ -38,35 +37,17 @@ class DatasetSource(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "DatasetSource":
+        paths = {"data_dir", "data_root"}
         return cls(
-            dataset=settings.dataset,
-            data_dir=str(settings.data_dir) if settings.data_dir else None,
-            data_root=str(settings.data_root),
-            allow_download=settings.allow_download,
-            movielens_url=settings.movielens_url,
-            synthetic_users=settings.synthetic_users,
-            synthetic_movies=settings.synthetic_movies,
-            synthetic_ratings=settings.synthetic_ratings,
-            synthetic_seed=settings.synthetic_seed,
-            history_cutoff=settings.history_cutoff,
+            **{
+                name: (str(value) if name in paths and value is not None else value)
+                for name, value in settings.source_options().items()
+            }
         )
 
     def resolve(self, log: logging.Logger | dg.DagsterLogManager) -> ResolvedSource:
-        resolved = resolve_source(
-            self.dataset,
-            raw_dir=resolve_path(self.data_root) / "raw",
-            data_dir=resolve_path(self.data_dir) if self.data_dir else None,
-            synthetic=SyntheticConfig(
-                n_users=self.synthetic_users,
-                n_movies=self.synthetic_movies,
-                n_ratings=self.synthetic_ratings,
-                seed=self.synthetic_seed,
-            ),
-            allow_download=self.allow_download,
-            base_url=self.movielens_url,
-            connect_timeout=self.connect_timeout_seconds,
-            warn=log.warning,
-        )
+        options = {name: getattr(self, name) for name in SOURCE_OPTIONS}
+        resolved = resolve_options(options, self.connect_timeout_seconds, warn=log.warning)
         log.info(f"data source: {resolved.describe()}")
         return resolved
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..settings import resolve_path
 from .formats import detect_layout
 from .movielens import RELEASES, DownloadError, download_release
 from .synthetic import SyntheticConfig, write_dataset
@@ -104,3 +105,25 @@ def resolve_source(
     )
     warn(message)
     return _synthetic(synthetic, raw_dir, (message,))
+
+
+def resolve_options(
+    options: dict, connect_timeout: float = 5.0, warn: Callable[[str], None] = log.warning
+) -> ResolvedSource:
+    """Resolve from the source options (``SOURCE_OPTIONS``) of :class:`Settings` or the resource."""
+    data_dir = options.get("data_dir")
+    return resolve_source(
+        options["dataset"],
+        raw_dir=resolve_path(options["data_root"]) / "raw",
+        data_dir=resolve_path(data_dir) if data_dir else None,
+        synthetic=SyntheticConfig(
+            n_users=options["synthetic_users"],
+            n_movies=options["synthetic_movies"],
+            n_ratings=options["synthetic_ratings"],
+            seed=options["synthetic_seed"],
+        ),
+        allow_download=options["allow_download"],
+        base_url=options["movielens_url"],
+        connect_timeout=connect_timeout,
+        warn=warn,
+    )

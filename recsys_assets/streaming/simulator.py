@@ -233,22 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     if not cutoff:
         parser.error("give --cutoff or set RECSYS_HISTORY_CUTOFF (the graph trains on ratings before it)")
     from ..sources.formats import read_ratings
-    from ..sources.resolve import resolve_source
-    from ..sources.synthetic import SyntheticConfig
+    from ..sources.resolve import resolve_options
 
-    source = resolve_source(
-        settings.dataset,
-        raw_dir=settings.data_root / "raw",
-        data_dir=settings.data_dir,
-        synthetic=SyntheticConfig(
-            n_users=settings.synthetic_users,
-            n_movies=settings.synthetic_movies,
-            n_ratings=settings.synthetic_ratings,
-            seed=settings.synthetic_seed,
-        ),
-        allow_download=settings.allow_download,
-        base_url=settings.movielens_url,
-        warn=lambda message: print(f"warning: {message}", file=sys.stderr),
+    source = resolve_options(
+        settings.source_options(), warn=lambda message: print(f"warning: {message}", file=sys.stderr)
     )
     stream_root = settings.data_root / "stream"
     try:

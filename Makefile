@@ -16,7 +16,7 @@ install: $(STAMP)
 
 ## demo: set up, build the asset graph if no bundle is promoted, then run the API and the Dagster UI
 demo: install
-	$(BIN)/recsys-demo
+	$(BIN)/recsys-demo $(DEMO_ARGS)
 
 ## serve: only the API, on the promoted bundle
 serve: install

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_serving.promotion import promoted_path
+from recsys_serving.promotion import promote, promoted_path, promoted_version
 
 from .settings import Settings, project_root
 
@@ -36,6 +36,34 @@ def _get(url: str) -> tuple[int, dict]:
         return exc.code, {}
     except (OSError, ValueError):
         return 0, {}
+
+
+def bundle_versions(root: Path) -> list[str]:
+    """Bundle directories under ``root``, oldest first (versions start with their UTC time)."""
+    if not Path(root).is_dir():
+        return []
+    return sorted(p.name for p in Path(root).iterdir() if (p / "manifest.json").is_file())
+
+
+def promote_new_bundle(
+    settings: Settings, before: set[str], registered_model: str = "movielens-als"
+) -> str | None:
+    """Point CURRENT and the MLflow ``champion`` alias at the newest bundle not in ``before``."""
+    new = [v for v in bundle_versions(settings.bundle_root) if v not in before]
+    if not new or promoted_version(settings.bundle_root) == new[-1]:
+        return None
+    version = new[-1]
+    promote(settings.bundle_root, version, reason="recsys-demo --rebuild")
+    import mlflow
+
+    client = mlflow.MlflowClient(
+        tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
+    )
+    found = client.search_model_versions(f"name = '{registered_model}' and tag.bundle_version = '{version}'")
+    if found:
+        client.set_registered_model_alias(registered_model, "champion", found[0].version)
+    print(f"==> promoted the rebuilt bundle {version}", flush=True)
+    return version
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:

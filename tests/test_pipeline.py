@@ -342,3 +342,30 @@ def test_raw_ratings_keep_only_history_before_the_cutoff(
     metadata = materialized(result)["raw_ratings"]
     assert metadata["ratings_held_back_for_streaming"].value == 5 - kept
     assert metadata["history_cutoff"].value == cutoff
+
+
+def test_rebuild_promotes_the_new_bundle(tmp_path: Path) -> None:
+    """`recsys-demo --rebuild` serves what it built: pointer and champion alias move to it."""
+    from recsys_assets.launcher import promote_new_bundle
+    from recsys_assets.settings import Settings
+    from recsys_serving.promotion import promote, promoted_version
+
+    root = tmp_path / "bundles"
+    for version in ("20260101T000000Z-aaaaaaaa", "20260202T000000Z-bbbbbbbb"):
+        (root / version).mkdir(parents=True)
+        (root / version / "manifest.json").write_text("{}")
+    promote(root, "20260101T000000Z-aaaaaaaa", reason="first")
+    tracking = MLflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = tracking.client()
+    client.create_registered_model("movielens-als")
+    for version in ("20260101T000000Z-aaaaaaaa", "20260202T000000Z-bbbbbbbb"):
+        client.create_model_version(
+            "movielens-als", source=str(root / version), tags={"bundle_version": version}
+        )
+    settings = Settings.from_env(
+        {"RECSYS_BUNDLE_ROOT": str(root), "RECSYS_MLFLOW_TRACKING_URI": tracking.tracking_uri}
+    )
+    assert promote_new_bundle(settings, before={"20260101T000000Z-aaaaaaaa"}) == "20260202T000000Z-bbbbbbbb"
+    assert promoted_version(root) == "20260202T000000Z-bbbbbbbb"
+    assert int(client.get_model_version_by_alias("movielens-als", "champion").version) == 2
+    assert promote_new_bundle(settings, before={"20260101T000000Z-aaaaaaaa"}) is None  # already served

@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("DAGSTER_HOME", str(root / "dagster_home"))
 
     if args.rebuild or promoted_path(settings.bundle_root) is None:
+        before = set(bundle_versions(settings.bundle_root))
         print(f"==> materialising every asset (DAGSTER_HOME={env['DAGSTER_HOME']})", flush=True)
         command = [
             _bin("dagster"),
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         if subprocess.run(command, cwd=root, env=env, check=False).returncode != 0:
             print("materialisation failed: see the log above", file=sys.stderr)
             return 1
+        # Asking for a rebuild means serving it: the pipeline itself only promotes a first bundle.
+        promote_new_bundle(settings, before)
     bundle = promoted_path(settings.bundle_root)
     if bundle is None:
         print(f"no bundle is promoted in {settings.bundle_root} after materialising", file=sys.stderr)

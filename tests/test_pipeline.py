@@ -14,7 +14,7 @@ import pytest
 from conftest import CSV_RATINGS, write_lines
 
 from recsys_assets.definitions import all_assets, all_checks, defs
-from recsys_assets.defs.modeling import ALSModelConfig
+from recsys_assets.defs.modeling import ALSModelConfig, ItemIndexConfig
 from recsys_assets.defs.resources import (
     AtomicFileIOManager,
     BundleStore,
@@ -48,7 +48,7 @@ FAST_TRAINING = ALSModelConfig(
 def run_graph(
     tmp_path: Path,
     als: ALSModelConfig = FAST_TRAINING,
-    selection: list[str] | None = None,
+    index: ItemIndexConfig | None = None,
     **source: object,
 ) -> dg.ExecuteInProcessResult:
     data_root = tmp_path / "data"
@@ -62,7 +62,7 @@ def run_graph(
         [*all_assets, *all_checks],
         resources=resources,
         instance=dg.DagsterInstance.ephemeral(),
-        run_config=dg.RunConfig(ops={"als_model": als}),
+        run_config=dg.RunConfig(ops={"als_model": als, **({"faiss_index": index} if index else {})}),
         raise_on_error=False,
     )
 
@@ -369,3 +369,20 @@ def test_rebuild_promotes_the_new_bundle(tmp_path: Path) -> None:
     assert promoted_version(root) == "20260202T000000Z-bbbbbbbb"
     assert int(client.get_model_version_by_alias("movielens-als", "champion").version) == 2
     assert promote_new_bundle(settings, before={"20260101T000000Z-aaaaaaaa"}) is None  # already served
+
+
+def test_low_recall_index_fails_its_check_and_blocks_the_bundle(tmp_path: Path) -> None:
+    # One probe into 40 IVF lists misses most of the exact top-10: the blocking check must fail.
+    poor_index = ItemIndexConfig(kind="ivf", ivf_nlist=40, ivf_nprobe=1, min_recall=0.99)
+    result = run_graph(
+        tmp_path,
+        index=poor_index,
+        dataset="synthetic",
+        synthetic_users=300,
+        synthetic_movies=500,
+        synthetic_ratings=20_000,
+    )
+    evaluation = checks(result)["faiss_index_recall"]
+    assert not evaluation.passed and evaluation.metadata["recall@10"].value < 0.99
+    assert "faiss_index" in materialized(result) and "production_bundle" not in materialized(result)
+    assert not (tmp_path / "data" / "bundles").exists() or not any((tmp_path / "data" / "bundles").iterdir())

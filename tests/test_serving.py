@@ -363,3 +363,22 @@ def test_ready_reports_the_manifest(served, bundles) -> None:
     assert ready["ready"] and ready["bundle_version"] == bundle.version
     assert ready["users"] == len(bundle.user_ids) and ready["items"] == len(bundle.item_ids)
     assert ready["dataset"] == "synthetic test" and ready["loaded_at"]
+
+
+def test_hand_built_responses_match_the_documented_models(served, bundles) -> None:
+    """Hot routes skip FastAPI's response validation for speed; their bodies must still match."""
+    from recsys_serving.schemas import MovieResponse, PopularMovies, Recommendations, SimilarMovies
+
+    client, _ = served
+    bundle = load_bundle(bundles["a"])
+    user_id, movie_id = int(bundle.user_ids[0]), int(bundle.item_ids[0])
+    for path, model in [
+        (f"/users/{user_id}/recommendations?k=3&explain=true", Recommendations),
+        ("/users/987654321/recommendations?k=3", Recommendations),
+        (f"/movies/{movie_id}", MovieResponse),
+        (f"/movies/{movie_id}/similar?k=3", SimilarMovies),
+        ("/popular?k=3&genre=Drama", PopularMovies),
+    ]:
+        model.model_validate(client.get(path).json(), strict=True)
+    cold = client.post("/recommendations", json={"liked": [movie_id], "k": 3, "explain": True}).json()
+    Recommendations.model_validate(cold, strict=True)

@@ -1,16 +1,20 @@
-"""The Dagster code location: ``dagster asset materialize -m recsys_assets.definitions --select '*'``."""
+"""The main code location: ``dagster asset materialize -m recsys_assets.definitions --select '*'``.
+
+Stream batches are materialised by the ``recsys_stream`` location (``stream_definitions``); this
+one sees them through an external spec, trains on the accepted ones and retrains on demand.
+"""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from .defs import features, ingestion, modeling, preparation
-from .defs.resources import AtomicFileIOManager, BundleStore, DatasetSource, MLflowTracking
+from .defs import features, ingestion, modeling, preparation, promotion
+from .defs.partitions import rating_batch_spec
+from .defs.resources import resources_from_settings
+from .defs.retraining import retrain_job, retrain_sensor, weekly_retrain
 from .settings import Settings
 
-settings = Settings.from_env()
-
-all_assets = dg.load_assets_from_modules([ingestion, preparation, features, modeling])
+all_assets = dg.load_assets_from_modules([ingestion, preparation, features, modeling, promotion])
 all_checks = dg.load_asset_checks_from_modules([ingestion, preparation, modeling])
 
 recsys_pipeline = dg.define_asset_job(
@@ -18,16 +22,13 @@ recsys_pipeline = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=all_assets,
+    assets=[*all_assets, rating_batch_spec],
     asset_checks=all_checks,
-    jobs=[recsys_pipeline],
+    jobs=[recsys_pipeline, retrain_job],
+    sensors=[retrain_sensor],
+    schedules=[weekly_retrain],
     # Each step is seconds of work; spawning a process per step (importing polars, GX, ...) costs
     # more than it saves on small machines.
     executor=dg.in_process_executor,
-    resources={
-        "source": DatasetSource.from_settings(settings),
-        "io_manager": AtomicFileIOManager(base_dir=str(settings.data_root / "assets")),
-        "mlflow_tracking": MLflowTracking(tracking_uri=settings.mlflow_tracking_uri),
-        "bundle_store": BundleStore(root=str(settings.bundle_root)),
-    },
+    resources=resources_from_settings(Settings.from_env()),
 )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_serving.promotion import promote, promoted_path, promoted_version
+from recsys_serving.promotion import promoted_path, promoted_version
 
 from .settings import Settings, project_root
 
@@ -53,15 +53,10 @@ def promote_new_bundle(
     if not new or promoted_version(settings.bundle_root) == new[-1]:
         return None
     version = new[-1]
-    promote(settings.bundle_root, version, reason="recsys-demo --rebuild")
-    import mlflow
+    from .champion import make_champion, registry_client  # mlflow is slow to import: only when needed
 
-    client = mlflow.MlflowClient(
-        tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
-    )
-    found = client.search_model_versions(f"name = '{registered_model}' and tag.bundle_version = '{version}'")
-    if found:
-        client.set_registered_model_alias(registered_model, "champion", found[0].version)
+    client = registry_client(settings.mlflow_tracking_uri)
+    make_champion(settings.bundle_root, client, version, "recsys-demo --rebuild", model=registered_model)
     print(f"==> promoted the rebuilt bundle {version}", flush=True)
     return version
 

@@ -109,6 +109,10 @@ class Settings:
     synthetic_seed: int = 42
     history_cutoff: str | None = None  # YYYY-MM-DD: train on ratings before it, stream the rest
 
+    @property
+    def stream_root(self) -> Path:
+        return self.data_root / "stream"
+
     def source_options(self) -> dict:
         return {name: getattr(self, name) for name in SOURCE_OPTIONS}
 

@@ -20,12 +20,14 @@ from recsys_assets.defs.resources import (
     BundleStore,
     DatasetSource,
     MLflowTracking,
+    StreamStore,
 )
 from recsys_serving.bundle import load_bundle
 
 ASSETS = [
     "raw_movies",
     "raw_ratings",
+    "training_ratings",
     "interactions",
     "temporal_splits",
     "item_features",
@@ -33,6 +35,7 @@ ASSETS = [
     "als_model",
     "faiss_index",
     "production_bundle",
+    "promotion_decision",
 ]
 DOWNSTREAM_OF_RATINGS = ASSETS[2:]
 FAST_TRAINING = ALSModelConfig(
@@ -57,6 +60,7 @@ def run_graph(
         "io_manager": AtomicFileIOManager(base_dir=str(data_root / "assets")),
         "mlflow_tracking": MLflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
         "bundle_store": BundleStore(root=str(data_root / "bundles")),
+        "stream": StreamStore(root=str(data_root / "stream")),
     }
     return dg.materialize(
         [*all_assets, *all_checks],
@@ -84,7 +88,10 @@ def checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluati
 
 def test_definitions_load() -> None:
     dg.Definitions.validate_loadable(defs)
-    assert {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()} == set(ASSETS)
+    graph = defs.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.materializable_asset_keys} == set(ASSETS)
+    # The stream's batches are materialised by the other code location, seen here as external.
+    assert {k.to_user_string() for k in graph.external_asset_keys} == {"rating_batch"}
 
 
 def test_full_graph_on_synthetic_data(tmp_path: Path) -> None:
@@ -100,7 +107,7 @@ def test_full_graph_on_synthetic_data(tmp_path: Path) -> None:
     assert sorted(metadata) == sorted(ASSETS)
     for name, entries in metadata.items():
         assert "synthetic" in entries["data_source"].value, name
-        if name in ASSETS[:6]:
+        if name in ASSETS[:7]:
             assert entries["dagster/row_count"].value > 0, name
     assert all(evaluation.passed for evaluation in checks(result).values())
     assert set(checks(result)) == {
@@ -145,6 +152,15 @@ def test_full_graph_on_synthetic_data(tmp_path: Path) -> None:
     assert bundle.manifest["dataset"]["fingerprint"] == version.tags["dataset_fingerprint"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "bundle")}
     assert "bundle/manifest.json" in artifacts
+    # No champion existed: the decision promotes the first bundle and says why, in MLflow too.
+    decision = metadata["promotion_decision"]
+    assert decision["outcome"].value == "promoted"
+    assert decision["champion_after"].value == bundle_meta["bundle_version"].value
+    assert client.get_model_version_by_alias("movielens-als", "champion").version == version.version
+    assert (
+        client.get_model_version("movielens-als", version.version).tags["promotion.reason"]
+        == decision["reason"].value
+    )
 
 
 def test_failed_training_leaves_no_mlflow_run_running(tmp_path: Path) -> None:

@@ -10,20 +10,20 @@ from ..processing.splits import iso_time
 from .metadata import frame_metadata, upstream_source
 
 
-def _window(raw_ratings: pl.DataFrame, splits: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, int]:
-    return training_window(raw_ratings, splits), int(splits["train"]["timestamp"].max())
+def _window(ratings: pl.DataFrame, splits: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, int]:
+    return training_window(ratings, splits), int(splits["train"]["timestamp"].max())
 
 
 @dg.asset(group_name="features", kinds={"polars", "parquet"})
 def item_features(
     context: dg.AssetExecutionContext,
     raw_movies: pl.DataFrame,
-    raw_ratings: pl.DataFrame,
+    training_ratings: pl.DataFrame,
     temporal_splits: dict[str, pl.DataFrame],
 ) -> pl.DataFrame:
     """Per movie: genres multi-hot, release year and age, rating count, popularity and its rank,
     mean rating, days since the last rating — from ratings visible at training time."""
-    window, reference_ts = _window(raw_ratings, temporal_splits)
+    window, reference_ts = _window(training_ratings, temporal_splits)
     features = build_item_features(raw_movies, window, reference_ts)
     rated = features.filter(pl.col("rating_count") > 0)
     context.add_output_metadata(
@@ -41,11 +41,11 @@ def item_features(
 def user_features(
     context: dg.AssetExecutionContext,
     raw_movies: pl.DataFrame,
-    raw_ratings: pl.DataFrame,
+    training_ratings: pl.DataFrame,
     temporal_splits: dict[str, pl.DataFrame],
 ) -> pl.DataFrame:
     """Per user: number of ratings, mean and spread, active days, recency, top genres."""
-    window, reference_ts = _window(raw_ratings, temporal_splits)
+    window, reference_ts = _window(training_ratings, temporal_splits)
     features = build_user_features(window, raw_movies, reference_ts)
     context.add_output_metadata(
         {

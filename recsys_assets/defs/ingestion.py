@@ -6,9 +6,11 @@ import polars as pl
 from ..processing.splits import iso_time
 from ..sources.formats import read_movies, read_ratings
 from ..streaming.simulator import parse_day
+from ..streaming.store import BATCH_COLUMN
 from ..validation.suites import ratings_expectations, validate
-from .metadata import frame_metadata
-from .resources import DatasetSource
+from .metadata import frame_metadata, upstream_source
+from .partitions import rating_batch_spec
+from .resources import DatasetSource, StreamStore
 from .validation import report_result
 
 
@@ -72,3 +74,32 @@ def raw_ratings(context: dg.AssetExecutionContext, source: DatasetSource) -> pl.
 def raw_ratings_expectations(raw_ratings: pl.DataFrame, raw_movies: pl.DataFrame) -> dg.AssetCheckResult:
     report = validate(raw_ratings, "raw_ratings", ratings_expectations(raw_movies["movie_id"].to_list()))
     return report_result(report)
+
+
+@dg.asset(group_name="ingestion", kinds={"polars", "parquet"}, deps=[rating_batch_spec])
+def training_ratings(
+    context: dg.AssetExecutionContext, raw_ratings: pl.DataFrame, stream: StreamStore
+) -> pl.DataFrame:
+    """Every rating the model learns from: the source's history plus every accepted stream batch
+    (column ``batch`` names it; null for history). An event delivered twice counts once."""
+    folders = stream.folders()
+    streamed = folders.accepted_ratings()
+    history = raw_ratings.with_columns(pl.lit(None, dtype=pl.String).alias(BATCH_COLUMN))
+    combined = pl.concat([history, streamed]).unique(
+        ["user_id", "movie_id", "timestamp"], keep="first", maintain_order=True
+    )
+    batches = streamed[BATCH_COLUMN].unique().sort().to_list()
+    context.add_output_metadata(
+        {
+            **frame_metadata(combined, upstream_source(context)),
+            "history_ratings": len(raw_ratings),
+            "streamed_ratings": len(streamed),
+            "repeated_events_dropped": len(history) + len(streamed) - len(combined),
+            "accepted_batches": len(batches),
+            "latest_batch": batches[-1] if batches else "",
+            "last_rating": iso_time(combined["timestamp"].max()) or "",
+            "users": combined["user_id"].n_unique(),
+            "movies_rated": combined["movie_id"].n_unique(),
+        }
+    )
+    return combined

@@ -9,7 +9,6 @@ import polars as pl
 from mlflow.entities import Metric, Param
 
 from recsys_serving.confidence import Weighting
-from recsys_serving.promotion import promote, promoted_version
 
 from ..modeling.index import ItemIndex, build_index, index_recall
 from ..modeling.packaging import package_bundle
@@ -248,14 +247,15 @@ def production_bundle(
     als_model: TrainedModel,
     faiss_index: ItemIndex,
     raw_movies: pl.DataFrame,
-    raw_ratings: pl.DataFrame,
+    training_ratings: pl.DataFrame,
     temporal_splits: dict[str, pl.DataFrame],
     mlflow_tracking: MLflowTracking,
     bundle_store: BundleStore,
 ) -> dict:
     """An immutable, versioned bundle (factors, index, id maps, seen items, movies, popularity,
     fold-in settings, manifest with hashes), logged to the training run in MLflow and registered
-    as a new version of the model with the ``challenger`` alias."""
+    as a new version of the model with the ``challenger`` alias. ``promotion_decision`` decides
+    whether it is served."""
     manifest = {
         "model": {
             "name": mlflow_tracking.registered_model,
@@ -276,7 +276,7 @@ def production_bundle(
         bundle_store.path(),
         als_model,
         raw_movies,
-        raw_ratings,
+        training_ratings,
         temporal_splits,
         manifest,
         faiss_index.load(),
@@ -304,17 +304,6 @@ def production_bundle(
         },
     )
     client.set_registered_model_alias(name, "challenger", registered.version)
-    # The first bundle ever built is served right away; later ones wait for a promotion decision.
-    first = promoted_version(bundle_store.path()) is None
-    if first:
-        promote(
-            bundle_store.path(),
-            version,
-            reason="first bundle: no champion yet",
-            model_version=registered.version,
-        )
-        client.set_registered_model_alias(name, "champion", registered.version)
-        context.log.info(f"promoted {version} (model version {registered.version}): no champion existed")
     size = sum(f.stat().st_size for f in path.iterdir())
     context.add_output_metadata(
         {
@@ -324,8 +313,7 @@ def production_bundle(
             "size_mb": round(size / 1e6, 2),
             "registered_model": name,
             "model_version": int(registered.version),
-            "alias": "champion" if first else "challenger",
-            "promoted": first,
+            "alias": "challenger",
             "test_ndcg@10": ndcg,
             "files": dg.MetadataValue.json({p.name: p.stat().st_size for p in sorted(path.iterdir())}),
         }
@@ -334,7 +322,7 @@ def production_bundle(
         "version": version,
         "path": str(path),
         "model_version": registered.version,
-        "promoted": first,
+        "mlflow_run_id": als_model.mlflow_run_id,
     }
 
 

@@ -28,12 +28,12 @@ class SplitConfig(dg.Config):
 
 @dg.asset(group_name="preparation", kinds={"polars", "parquet"})
 def interactions(
-    context: dg.AssetExecutionContext, config: InteractionsConfig, raw_ratings: pl.DataFrame
+    context: dg.AssetExecutionContext, config: InteractionsConfig, training_ratings: pl.DataFrame
 ) -> pl.DataFrame:
     """Positive interactions (rating >= threshold) with a confidence weight; re-ratings resolved to
     the latest one; users and items below the minimum counts removed (iterated k-core)."""
     rules = InteractionRules(**config.model_dump())
-    frame, stats = build_interactions(raw_ratings, rules)
+    frame, stats = build_interactions(training_ratings, rules)
     context.log.info(f"interactions: {stats}")
     context.add_output_metadata(
         {

@@ -15,6 +15,7 @@ import polars as pl
 from ..settings import SOURCE_OPTIONS, Settings, resolve_path
 from ..sources.resolve import ResolvedSource, resolve_options
 from ..storage import atomic_path, publish_directory
+from ..streaming.store import StreamFolders
 
 
 class DatasetSource(dg.ConfigurableResource):
@@ -57,12 +58,16 @@ class AtomicFileIOManager(dg.ConfigurableIOManager):
 
     A polars frame goes to ``<key>.parquet``, a dict of frames (the splits) to a directory of
     ``<name>.parquet`` files, anything else (models, indexes, manifests) to ``<key>.pickle``.
+    A partition is stored under its asset's directory: ``<key>/<partition>.parquet``.
     """
 
     base_dir: str
 
     def _path(self, context: dg.OutputContext | dg.InputContext) -> Path:
-        return resolve_path(self.base_dir).joinpath(*context.asset_key.path)
+        path = resolve_path(self.base_dir).joinpath(*context.asset_key.path)
+        if context.has_asset_partitions:
+            return path / context.asset_partition_key
+        return path
 
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:
         path = self._path(context)
@@ -149,3 +154,23 @@ class BundleStore(dg.ConfigurableResource):
 
     def path(self) -> Path:
         return resolve_path(self.root)
+
+
+class StreamStore(dg.ConfigurableResource):
+    """The stream's folders (``$RECSYS_DATA_ROOT/stream``): incoming, accepted, quarantine."""
+
+    root: str
+
+    def folders(self) -> StreamFolders:
+        return StreamFolders(resolve_path(self.root))
+
+
+def resources_from_settings(settings: Settings) -> dict:
+    """One set of resources for both code locations, so they read and write the same places."""
+    return {
+        "source": DatasetSource.from_settings(settings),
+        "io_manager": AtomicFileIOManager(base_dir=str(settings.data_root / "assets")),
+        "mlflow_tracking": MLflowTracking(tracking_uri=settings.mlflow_tracking_uri),
+        "bundle_store": BundleStore(root=str(settings.bundle_root)),
+        "stream": StreamStore(root=str(settings.stream_root)),
+    }

@@ -7,9 +7,10 @@ import dagster as dg
 from ..validation.suites import ValidationReport
 
 
-def report_result(report: ValidationReport) -> dg.AssetCheckResult:
+def report_result(report: ValidationReport, check_name: str | None = None) -> dg.AssetCheckResult:
     failed = sorted({f"{f.expectation}({f.column})" if f.column else f.expectation for f in report.failures})
     return dg.AssetCheckResult(
+        check_name=check_name,
         passed=report.success,
         severity=dg.AssetCheckSeverity.ERROR,
         description=None if report.success else "failed: " + ", ".join(failed),

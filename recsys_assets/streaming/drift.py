@@ -145,3 +145,17 @@ def measure_drift(
     ]  # fmt: skip
     report.reasons = [reason for crossed, reason in checks if crossed]
     return report
+
+
+def rating_shares(frame: pl.DataFrame) -> np.ndarray:
+    """Share of ratings per half-star (over RATING_BINS); zeros for an empty frame."""
+    counts = dict(frame["rating"].value_counts().iter_rows())
+    values = np.array([counts.get(b, 0) for b in RATING_BINS], dtype=np.float64)
+    return values / values.sum() if values.sum() else values
+
+
+def genre_shares(frame: pl.DataFrame, movies: pl.DataFrame) -> dict[str, float]:
+    genres = sorted({g for gs in movies["genres"].to_list() for g in gs})
+    counts = _genre_counts(frame, movies, genres)
+    total = counts.sum()
+    return {g: float(c / total) if total else 0.0 for g, c in zip(genres, counts, strict=True)}

@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     source = resolve_options(
         settings.source_options(), warn=lambda message: print(f"warning: {message}", file=sys.stderr)
     )
-    stream_root = settings.data_root / "stream"
+    stream_root = settings.stream_root
     try:
         simulate(
             read_ratings(source.directory),

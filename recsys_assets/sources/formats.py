@@ -256,8 +256,17 @@ def _header_positions(path: Path, spec: FileSpec) -> dict[str, int]:
     return {name: header.index(name) for name in wanted}
 
 
+def _header_only(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.readline()
+        return not any(line.strip() for line in handle)
+
+
 def _polars_read(path: Path, spec: FileSpec, positions: dict[str, int]) -> pl.DataFrame:
     dtypes = {"int": pl.Int64, "float": pl.Float64, "str": pl.String}
+    if spec.header and _header_only(path):
+        # No rows is an empty table; whether that is allowed is for validation to say.
+        return pl.DataFrame(schema={c.target: dtypes[c.kind] for c in spec.columns})
     if spec.separator == "::" or spec.encoding != "utf-8":
         # polars only takes one-byte separators and UTF-8: normalise in memory first.
         text = path.read_bytes().decode(spec.encoding)

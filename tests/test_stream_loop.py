@@ -5,6 +5,7 @@ decisions recorded in Dagster and MLflow, and rollback."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -186,6 +187,8 @@ def test_batches_flow_through_sensor_validation_drift_and_promotion(loop: Loop) 
     retrained = loop.train(RETRAIN, promotion=PromotionConfig(tolerance=1.0))
     assert retrained["training_ratings"]["streamed_ratings"].value == 1800  # the accepted batches only
     assert retrained["training_ratings"]["accepted_batches"].value == 2
+    # Drift reports of batches that training has now included ask for nothing more.
+    assert not retrain_sensor(dg.build_sensor_context(instance=loop.instance)).run_requests
     decision = retrained["promotion_decision"]
     assert decision["outcome"].value == "promoted"
     for side in ("champion", "challenger"):
@@ -206,12 +209,16 @@ def test_batches_flow_through_sensor_validation_drift_and_promotion(loop: Loop) 
     assert float(challenger.tags["promotion.challenger_ndcg_at_10"]) == pytest.approx(
         worse["challenger_ndcg@10"].value, abs=1e-6
     )
-    assert client.get_model_version_by_alias("movielens-als", "champion").tags["bundle_version"] == champion_v2
+    assert (
+        client.get_model_version_by_alias("movielens-als", "champion").tags["bundle_version"] == champion_v2
+    )
 
     # Rollback re-points the served bundle and the champion alias to the previous champion.
     assert rollback(loop.bundles, client, "test") == champion_v1
     assert promoted_version(loop.bundles) == champion_v1
-    assert client.get_model_version_by_alias("movielens-als", "champion").tags["bundle_version"] == champion_v1
+    assert (
+        client.get_model_version_by_alias("movielens-als", "champion").tags["bundle_version"] == champion_v1
+    )
     assert champion_lineage(loop.bundles) == [champion_v1]
 
 
@@ -236,7 +243,9 @@ def test_empty_batch_is_accepted_as_a_quiet_period(loop: Loop) -> None:
 
 def test_schedule_and_sensor_definitions_evaluate() -> None:
     instance = dg.DagsterInstance.ephemeral()
-    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 11, 23, 4, tzinfo=UTC))
+    context = dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=datetime(2026, 11, 23, 4, tzinfo=UTC)
+    )
     [request] = list(weekly_retrain.evaluate_tick(context).run_requests)
     assert request.job_name in (None, "retrain")
     assert weekly_retrain.cron_schedule == "0 4 * * 1"
@@ -254,13 +263,17 @@ def test_corrected_redelivery_under_the_same_name_becomes_its_own_partition(tmp_
     stream = StreamStore(root=str(tmp_path / "stream"))
     folders = stream.folders()
     folders.incoming.mkdir(parents=True)
-    (folders.incoming / "ratings-000001.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,1500000000\n")
+    (folders.incoming / "ratings-000001.csv").write_text(
+        "userId,movieId,rating,timestamp\n1,1,4.0,1500000000\n"
+    )
     instance = dg.DagsterInstance.ephemeral()
     first = rating_batch_sensor(dg.build_sensor_context(instance=instance, resources={"stream": stream}))
     instance.add_dynamic_partitions(rating_batches.name, ["ratings-000001"])
     folders.accepted.mkdir()
     (folders.incoming / "ratings-000001.csv").rename(folders.accepted / "ratings-000001.csv")
-    (folders.incoming / "ratings-000001.csv").write_text("userId,movieId,rating,timestamp\n1,2,4.0,1500000000\n")
+    (folders.incoming / "ratings-000001.csv").write_text(
+        "userId,movieId,rating,timestamp\n1,2,4.0,1500000000\n"
+    )
     second = rating_batch_sensor(
         dg.build_sensor_context(instance=instance, cursor=first.cursor, resources={"stream": stream})
     )
@@ -268,3 +281,22 @@ def test_corrected_redelivery_under_the_same_name_becomes_its_own_partition(tmp_
     assert request.partition_key.startswith("ratings-000001-") and request.partition_key != "ratings-000001"
     assert (folders.incoming / f"{request.partition_key}.csv").is_file()
     assert pl.read_csv(folders.accepted / "ratings-000001.csv")["movieId"].to_list() == [1]  # untouched
+
+
+def test_original_and_redelivery_in_one_tick_keep_the_first_delivered(tmp_path: Path) -> None:
+    stream = StreamStore(root=str(tmp_path / "stream"))
+    folders = stream.folders()
+    folders.incoming.mkdir(parents=True)
+    body = "userId,movieId,rating,timestamp\n1,1,4.0,1500000000\n"
+    original = folders.incoming / "ratings-2017-01-22_2017-01-29.csv"
+    # The re-delivery's name sorts first; arrival order must win.
+    again = folders.incoming / "ratings-2017-01-22_2017-01-29-redelivered.csv"
+    original.write_text(body)
+    again.write_text(body)
+    os.utime(original, ns=(1_000_000_000, 1_000_000_000))
+    os.utime(again, ns=(2_000_000_000, 2_000_000_000))
+    result = rating_batch_sensor(
+        dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral(), resources={"stream": stream})
+    )
+    assert [r.partition_key for r in result.run_requests] == [original.stem]
+    assert original.is_file() and (folders.duplicates / again.name).is_file()

@@ -32,6 +32,12 @@ IN_FLIGHT = [
 ]
 
 
+def _latest_trained_batch(instance: dg.DagsterInstance) -> str:
+    event = instance.get_latest_materialization_event(dg.AssetKey("training_ratings"))
+    entry = event.asset_materialization.metadata.get("latest_batch") if event else None
+    return str(entry.value) if entry is not None else ""
+
+
 @dg.sensor(
     job=retrain_job,
     minimum_interval_seconds=30,
@@ -46,16 +52,19 @@ def retrain_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.
     ).records
     if not records:
         return dg.SkipReason("no new drift reports")
+    trained_through = _latest_trained_batch(context.instance)
     asking = []
     for record in records:
         metadata = record.asset_materialization.metadata if record.asset_materialization else {}
         entry = metadata.get("retrain_requested")
-        if entry is not None and entry.value:
+        # A request is satisfied once a training included its batch (batch names sort by time).
+        if entry is not None and entry.value and (record.partition_key or "") > trained_through:
             asking.append(record)
     newest = str(records[-1].storage_id)
     if not asking:
         return dg.SensorResult(
-            skip_reason=f"{len(records)} drift report(s), none asks for a retrain", cursor=newest
+            skip_reason=f"{len(records)} drift report(s), none asks for a retrain on untrained batches",
+            cursor=newest,
         )
     if context.instance.get_runs(dg.RunsFilter(job_name=retrain_job.name, statuses=IN_FLIGHT), limit=1):
         # Keep the cursor: the request is looked at again once the running retrain is done.

@@ -66,10 +66,12 @@ class StreamFolders:
         return self.root / "drift"
 
     def pending(self) -> list[Path]:
-        """Delivered batch files not yet accepted or quarantined, oldest name first."""
+        """Delivered batch files not yet accepted or quarantined, in order of arrival (so of two
+        identical files the first delivered is the batch and the later one the re-delivery)."""
         if not self.incoming.is_dir():
             return []
-        return sorted(p for p in self.incoming.glob(f"*{BATCH_SUFFIX}") if not p.name.startswith("."))
+        files = [p for p in self.incoming.glob(f"*{BATCH_SUFFIX}") if not p.name.startswith(".")]
+        return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
     def locate(self, name: str) -> Path:
         """The file of batch ``name``, wherever it is now (re-materialising an accepted batch

@@ -34,6 +34,14 @@ def resolve_path(value: str | os.PathLike[str], root: Path | None = None) -> Pat
     return path.resolve()
 
 
+def _location(value: str, root: Path) -> str:
+    """A path (resolved against ``root``) or an fsspec URL (kept as it is); "" when unset."""
+    value = value.strip()
+    if not value or "://" in value:
+        return value
+    return str(resolve_path(value, root))
+
+
 def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
     value = environ.get(name, "").strip().lower()
     if not value:
@@ -101,6 +109,8 @@ class Settings:
     data_root: Path
     bundle_root: Path
     mlflow_tracking_uri: str
+    asset_root: str = ""  # the IO manager's base: a directory or an fsspec URL (s3://bucket/prefix)
+    mlflow_artifact_root: str | None = None  # default: beside a SQLite store, or the server's choice
     allow_download: bool = True
     movielens_url: str | None = None
     synthetic_users: int = 1_000
@@ -145,4 +155,6 @@ class Settings:
             data_root=data_root,
             bundle_root=resolve_path(bundle_root, root) if bundle_root else data_root / "bundles",
             mlflow_tracking_uri=tracking_uri,
+            mlflow_artifact_root=environ.get("RECSYS_MLFLOW_ARTIFACT_ROOT", "").strip() or None,
+            asset_root=_location(environ.get("RECSYS_ASSET_ROOT", ""), root) or str(data_root / "assets"),
         )

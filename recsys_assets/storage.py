@@ -6,8 +6,11 @@ import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+from upath import UPath
 
 
 def publish_directory(staging: Path, target: Path, replace: bool = False) -> None:
@@ -45,3 +48,13 @@ def atomic_path(target: Path) -> Iterator[Path]:
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def put_object(target: UPath, data: bytes) -> None:
+    """Write ``data`` to an fsspec location (``s3://``, ``gs://``, ``file://``, ``memory://``…) so
+    readers never see half of it: written beside the target, then moved onto it (a rename on file
+    systems; on object stores a server-side copy, and every object write is all-or-nothing)."""
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}")
+    temporary.parent.mkdir(parents=True, exist_ok=True)  # a no-op on object stores
+    temporary.write_bytes(data)
+    target.fs.mv(temporary.path, target.path)

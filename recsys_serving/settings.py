@@ -14,7 +14,8 @@ from recsys_assets.settings import resolve_path
 
 
 class ServingSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RECSYS_", extra="ignore")
+    # An empty variable means "not set" (docker compose passes unset ones through as empty).
+    model_config = SettingsConfigDict(env_prefix="RECSYS_", extra="ignore", env_ignore_empty=True)
 
     data_root: str = "data"
     bundle_root: str | None = None  # default: <data_root>/bundles

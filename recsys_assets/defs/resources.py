@@ -1,6 +1,7 @@
 """Dagster resources: where the ratings come from and where assets are stored."""
 
 import contextlib
+import io
 import logging
 import pickle
 import shutil
@@ -11,10 +12,11 @@ from pathlib import Path
 import dagster as dg
 import mlflow
 import polars as pl
+from upath import UPath
 
 from ..settings import SOURCE_OPTIONS, Settings, resolve_path
 from ..sources.resolve import ResolvedSource, resolve_options
-from ..storage import atomic_path, publish_directory
+from ..storage import atomic_path, publish_directory, put_object
 from ..streaming.store import StreamFolders
 
 
@@ -59,22 +61,40 @@ class AtomicFileIOManager(dg.ConfigurableIOManager):
     A polars frame goes to ``<key>.parquet``, a dict of frames (the splits) to a directory of
     ``<name>.parquet`` files, anything else (models, indexes, manifests) to ``<key>.pickle``.
     A partition is stored under its asset's directory: ``<key>/<partition>.parquet``.
+
+    ``base_dir`` is a local directory (relative paths from the repository root) or an fsspec URL
+    (``s3://bucket/prefix``, ``gs://…``, ``file:///…``) handled through UPath; there every object is
+    written whole (:func:`~recsys_assets.storage.put_object`), the split files one by one.
     """
 
     base_dir: str
 
-    def _path(self, context: dg.OutputContext | dg.InputContext) -> Path:
-        path = resolve_path(self.base_dir).joinpath(*context.asset_key.path)
+    def _path(self, context: dg.OutputContext | dg.InputContext) -> Path | UPath:
+        root = UPath(self.base_dir) if "://" in self.base_dir else resolve_path(self.base_dir)
+        path = root.joinpath(*context.asset_key.path)
         if context.has_asset_partitions:
             return path / context.asset_partition_key
         return path
 
+    @staticmethod
+    def _with(path: Path | UPath, suffix: str) -> Path | UPath:
+        return path.with_name(path.name + suffix)  # partition keys may contain dots
+
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:
         path = self._path(context)
-        if isinstance(obj, pl.DataFrame):
-            with atomic_path(path.with_suffix(".parquet")) as temporary:
+        frames = isinstance(obj, dict) and obj and all(isinstance(v, pl.DataFrame) for v in obj.values())
+        if isinstance(path, UPath):
+            if isinstance(obj, pl.DataFrame):
+                put_object(self._with(path, ".parquet"), _parquet_bytes(obj))
+            elif frames:
+                for name, frame in obj.items():
+                    put_object(path / f"{name}.parquet", _parquet_bytes(frame))
+            else:
+                put_object(self._with(path, ".pickle"), pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        elif isinstance(obj, pl.DataFrame):
+            with atomic_path(self._with(path, ".parquet")) as temporary:
                 obj.write_parquet(temporary)
-        elif isinstance(obj, dict) and obj and all(isinstance(v, pl.DataFrame) for v in obj.values()):
+        elif frames:
             path.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
             try:
@@ -84,20 +104,31 @@ class AtomicFileIOManager(dg.ConfigurableIOManager):
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         else:
-            with atomic_path(path.with_suffix(".pickle")) as temporary:
+            with atomic_path(self._with(path, ".pickle")) as temporary:
                 temporary.write_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
     def load_input(self, context: dg.InputContext) -> object:
         path = self._path(context)
-        if path.with_suffix(".parquet").is_file():
-            return pl.read_parquet(path.with_suffix(".parquet"))
+        remote = isinstance(path, UPath)
+
+        def frame(file: Path | UPath) -> pl.DataFrame:
+            return pl.read_parquet(file.read_bytes() if remote else file)
+
+        if self._with(path, ".parquet").is_file():
+            return frame(self._with(path, ".parquet"))
         if path.is_dir():
-            return {p.stem: pl.read_parquet(p) for p in sorted(path.glob("*.parquet"))}
-        if path.with_suffix(".pickle").is_file():
-            return pickle.loads(path.with_suffix(".pickle").read_bytes())
+            return {p.stem: frame(p) for p in sorted(path.glob("*.parquet"), key=lambda p: p.name)}
+        if self._with(path, ".pickle").is_file():
+            return pickle.loads(self._with(path, ".pickle").read_bytes())
         raise FileNotFoundError(
             f"{context.asset_key.to_user_string()} has not been materialised yet (nothing at {path}.*)"
         )
+
+
+def _parquet_bytes(frame: pl.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    return buffer.getvalue()
 
 
 class MLflowTracking(dg.ConfigurableResource):
@@ -110,6 +141,7 @@ class MLflowTracking(dg.ConfigurableResource):
     """
 
     tracking_uri: str
+    artifact_root: str | None = None  # where new experiments keep artifacts (e.g. s3://bucket/mlflow)
     experiment: str = "movielens-recsys"
     registered_model: str = "movielens-als"
 
@@ -117,6 +149,8 @@ class MLflowTracking(dg.ConfigurableResource):
         return mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     def _artifact_location(self) -> str | None:
+        if self.artifact_root:
+            return self.artifact_root
         # MLflow's default artifact root is ./mlruns in the current directory: pin it beside a
         # local SQLite store instead. Remote servers choose their own.
         if self.tracking_uri.startswith("sqlite:///"):
@@ -169,8 +203,10 @@ def resources_from_settings(settings: Settings) -> dict:
     """One set of resources for both code locations, so they read and write the same places."""
     return {
         "source": DatasetSource.from_settings(settings),
-        "io_manager": AtomicFileIOManager(base_dir=str(settings.data_root / "assets")),
-        "mlflow_tracking": MLflowTracking(tracking_uri=settings.mlflow_tracking_uri),
+        "io_manager": AtomicFileIOManager(base_dir=settings.asset_root),
+        "mlflow_tracking": MLflowTracking(
+            tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
+        ),
         "bundle_store": BundleStore(root=str(settings.bundle_root)),
         "stream": StreamStore(root=str(settings.stream_root)),
     }

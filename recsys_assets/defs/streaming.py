@@ -13,6 +13,7 @@ from ..processing.splits import iso_time
 from ..sources.formats import RATINGS_SCHEMA, DataFormatError
 from ..storage import atomic_path
 from ..streaming.drift import (
+    DRIFT_MEASURES,
     RATING_BINS,
     DriftReport,
     DriftThresholds,
@@ -158,18 +159,7 @@ def _drift_chart(
 
 
 def _report_rows(batch: DriftReport, window: DriftReport) -> str:
-    fields = [
-        "rows",
-        "volume_ratio",
-        "rating_psi",
-        "rating_kl",
-        "item_psi",
-        "item_kl",
-        "genre_psi",
-        "new_user_share",
-        "new_item_share",
-        "mean_rating",
-    ]
+    fields = ["rows", *DRIFT_MEASURES, "mean_rating"]
     table = pl.DataFrame(
         {
             "measure": fields,
@@ -252,16 +242,7 @@ def drift_report(
     numeric = {
         f"{scope}_{field}": float(getattr(drift, field))
         for scope, drift in (("batch", batch_drift), ("window", window_drift))
-        for field in (
-            "volume_ratio",
-            "rating_psi",
-            "rating_kl",
-            "item_psi",
-            "item_kl",
-            "genre_psi",
-            "new_user_share",
-            "new_item_share",
-        )
+        for field in DRIFT_MEASURES
     }
     context.add_output_metadata(
         {

@@ -55,6 +55,19 @@ def item_counts(frame: pl.DataFrame, bins: list[int]) -> np.ndarray:
     return np.append(head, len(frame) - head.sum())
 
 
+# The numeric measures of a DriftReport, in the order reports show them.
+DRIFT_MEASURES = (
+    "volume_ratio",
+    "rating_psi",
+    "rating_kl",
+    "item_psi",
+    "item_kl",
+    "genre_psi",
+    "new_user_share",
+    "new_item_share",
+)
+
+
 @dataclass(frozen=True)
 class DriftThresholds:
     volume_ratio: float = 2.0  # batch volume vs the reference's weekly mean, either direction

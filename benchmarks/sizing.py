@@ -34,10 +34,12 @@ SHAPES = {
 }
 
 
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent.
 SERVING_PROBE = (
-    "import resource, sys; from pathlib import Path; "
+    "import re, sys; from pathlib import Path; "
     "from recsys_serving.bundle import load_bundle; from recsys_serving.engine import Engine; "
-    "Engine(load_bundle(Path(sys.argv[1]))); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    "Engine(load_bundle(Path(sys.argv[1]))); "
+    "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))"
 )
 
 

@@ -266,7 +266,7 @@ def test_dagster_and_mlflow_on_postgres(
     postgres: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from dagster._core.instance.ref import InstanceRef
-    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
+    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -282,6 +282,7 @@ def test_dagster_and_mlflow_on_postgres(
     instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
     assert isinstance(instance.run_storage, PostgresRunStorage)
     assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+    assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
 
     data_root = tmp_path / "data"
     tracking_uri = f"postgresql+psycopg2://{postgres['user']}:{postgres['password']}@{postgres['host']}:{postgres['port']}/mlflow"

@@ -15,6 +15,9 @@ Layout of ``<bundle_root>/<version>/``::
     movies.parquet       movie_id, title, year, genres (for every item in the model)
     popularity.json      {"overall": [movie ids], "by_genre": {genre: [movie ids]}}
     bm25_length_norm.npy only with bm25 weighting: per-item BM25 length normalisation
+    top_rows.npy         optional, int32 [n_users, n]: each user's n best unseen items (item rows,
+                         best first, -1 past the end when fewer are unseen), ranked exactly
+    top_scores.npy       optional, float32 [n_users, n]: their ALS scores
 
 Written into a temporary directory and renamed, so a bundle directory is either complete or
 absent; every file's hash is checked on load, so a corrupted bundle is refused.
@@ -61,6 +64,8 @@ class Bundle:
     popularity: dict
     length_norm: np.ndarray | None = None
     weighting: Weighting = field(default_factory=Weighting)
+    top_rows: np.ndarray | None = None
+    top_scores: np.ndarray | None = None
 
     @property
     def version(self) -> str:
@@ -93,6 +98,41 @@ def popularity_ranking(
     return {"overall": overall[:top].tolist(), "by_genre": by_genre}
 
 
+def top_unseen(
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    seen: sp.csr_matrix,
+    n: int,
+    chunk_users: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's ``n`` highest-scoring unseen items by exact inner product, best first.
+
+    Rows past a user's unseen items are -1 (score -inf). Users are scored in chunks, so memory
+    stays at ``chunk_users`` x items floats whatever the number of users.
+    """
+    n_users, n_items = user_factors.shape[0], item_factors.shape[0]
+    n = min(n, n_items)
+    rows = np.full((n_users, n), -1, dtype=np.int32)
+    scores = np.full((n_users, n), -np.inf, dtype=np.float32)
+    if n == 0:
+        return rows, scores
+    items_t = np.ascontiguousarray(item_factors, dtype=np.float32).T
+    seen = seen.tocsr()
+    for start in range(0, n_users, chunk_users):
+        stop = min(start + chunk_users, n_users)
+        block = np.asarray(user_factors[start:stop], dtype=np.float32) @ items_t
+        part = seen[start:stop]
+        block[np.repeat(np.arange(stop - start), np.diff(part.indptr)), part.indices] = -np.inf
+        top = np.argpartition(-block, n - 1, axis=1)[:, :n]
+        top_scores = np.take_along_axis(block, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        top_scores = np.take_along_axis(top_scores, order, axis=1)
+        rows[start:stop] = np.where(np.isfinite(top_scores), top, -1)
+        scores[start:stop] = top_scores
+    return rows, scores
+
+
 def write_bundle(
     root: Path,
     *,
@@ -108,8 +148,13 @@ def write_bundle(
     regularization: float,
     length_norm: np.ndarray | None,
     manifest: dict,
+    top_n: int = 0,
 ) -> Path:
-    """Write a new bundle under ``root`` and return its directory (named by its version)."""
+    """Write a new bundle under ``root`` and return its directory (named by its version).
+
+    With ``top_n`` > 0 each user's best ``top_n`` unseen items are ranked here, once, so a server
+    answers a known user's plain request by slicing an array instead of searching the index.
+    """
     n_items, n_users = len(item_ids), len(user_ids)
     if item_factors.shape[0] != n_items or user_factors.shape[0] != n_users:
         raise BundleError("factor rows do not match the id maps")
@@ -137,6 +182,10 @@ def write_bundle(
             if length_norm is None:
                 raise BundleError("bm25 weighting needs the items' length normalisation")
             np.save(staging / "bm25_length_norm.npy", np.asarray(length_norm, dtype=np.float32))
+        if top_n > 0:
+            top_rows, top_scores = top_unseen(user_factors, item_factors, seen, top_n)
+            np.save(staging / "top_rows.npy", top_rows)
+            np.save(staging / "top_scores.npy", top_scores)
         files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
         described = {
             "files": files,
@@ -159,6 +208,7 @@ def write_bundle(
                 "liked_value": float(np.median(liked.data)) if liked.nnz else 1.0,
             },
             "counts": {"users": n_users, "items": n_items, "factors": int(item_factors.shape[1])},
+            "precomputed_top_n": min(top_n, n_items) if top_n > 0 else 0,
             "files": files,
         }
         (staging / MANIFEST).write_text(json.dumps(full, indent=2, default=str) + "\n")
@@ -205,6 +255,7 @@ def load_bundle(path: Path) -> Bundle:
     manifest = verify_bundle(path)
     weighting = Weighting(**manifest["fold_in"]["weighting"])
     norm_file = path / "bm25_length_norm.npy"
+    has_top = (path / "top_rows.npy").is_file()
     bundle = Bundle(
         path=path,
         manifest=manifest,
@@ -219,7 +270,15 @@ def load_bundle(path: Path) -> Bundle:
         popularity=json.loads((path / "popularity.json").read_text()),
         length_norm=np.load(norm_file) if norm_file.is_file() else None,
         weighting=weighting,
+        top_rows=np.load(path / "top_rows.npy") if has_top else None,
+        top_scores=np.load(path / "top_scores.npy") if has_top else None,
     )
+    if has_top and bundle.top_rows.shape != bundle.top_scores.shape:
+        raise BundleError(f"{path}: top_rows and top_scores differ in shape")
+    if has_top and bundle.top_rows.shape[0] != len(bundle.user_ids):
+        raise BundleError(
+            f"{path}: top_rows has {bundle.top_rows.shape[0]} users, expected {len(bundle.user_ids)}"
+        )
     if bundle.index.ntotal != len(bundle.item_ids):
         raise BundleError(
             f"{path}: index holds {bundle.index.ntotal} vectors, expected {len(bundle.item_ids)}"

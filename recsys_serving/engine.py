@@ -6,6 +6,7 @@ no DataFrame, no file access, no Python loop over the catalogue.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import faiss
@@ -13,9 +14,6 @@ import numpy as np
 
 from .bundle import Bundle
 from .confidence import fold_in, weight_rows
-
-# Above this many results, an exact numpy ranking beats asking FAISS for a long, filtered list.
-INDEX_SEARCH_LIMIT = 256
 
 
 @dataclass(frozen=True)
@@ -26,7 +24,7 @@ class Scored:
 
 
 class Engine:
-    def __init__(self, bundle: Bundle):
+    def __init__(self, bundle: Bundle, use_precomputed: bool = True):
         self.bundle = bundle
         self.version = bundle.version
         self.item_ids = bundle.item_ids
@@ -34,9 +32,16 @@ class Engine:
         self.item_factors = np.ascontiguousarray(bundle.item_factors, dtype=np.float32)
         self.user_factors = np.ascontiguousarray(bundle.user_factors, dtype=np.float32)
         self.n_items = len(self.item_ids)
+        # Dicts for single ids: a numpy search per request costs more in conversions than it finds.
+        self._item_rows = {m: row for row, m in enumerate(self.item_ids.tolist())}
+        self._user_rows = {u: row for row, u in enumerate(self.user_ids.tolist())}
         self.seen = bundle.seen
         self.liked = bundle.liked
         self.index = bundle.index
+        self.search_index, self.row_labels, self.search_parameters = searchable(self.index, self.item_ids)
+        self.label_space = int(self.item_ids.max()) + 1 if self.n_items else 0
+        self.top_rows = bundle.top_rows if use_precomputed else None
+        self.top_scores = bundle.top_scores if use_precomputed else None
         self.gram = self.item_factors.T.astype(np.float64) @ self.item_factors.astype(np.float64)
         norms = np.linalg.norm(self.item_factors, axis=1, keepdims=True)
         self.unit_factors = np.divide(
@@ -76,63 +81,95 @@ class Engine:
         return rows[rows >= 0]
 
     def item_row(self, movie_id: int) -> int | None:
-        row = int(self.lookup(self.item_ids, np.array([movie_id]))[0])
-        return None if row < 0 else row
+        return self._item_rows.get(movie_id)
 
     def user_row(self, user_id: int) -> int | None:
-        row = int(self.lookup(self.user_ids, np.array([user_id]))[0])
-        return None if row < 0 else row
+        return self._user_rows.get(user_id)
 
     def unknown_genres(self, genres: list[str]) -> list[str]:
         return [g for g in genres if g not in self.genre_masks]
 
     # ------------------------------------------------------------------ ranking
 
-    def _blocked(self, rows: np.ndarray) -> np.ndarray:
-        blocked = np.zeros(self.n_items, dtype=bool)
-        blocked[rows] = True
-        return blocked
-
-    def _allowed_by_genre(self, genres: list[str]) -> np.ndarray | None:
-        if not genres:
-            return None
+    def _of_genres(self, genres: list[str]) -> np.ndarray:
         allowed = np.zeros(self.n_items, dtype=bool)
         for g in genres:
             allowed |= self.genre_masks[g]
         return allowed
 
-    def _rank(self, vector: np.ndarray, k: int, blocked: np.ndarray, genres: list[str]) -> Scored:
-        allowed = self._allowed_by_genre(genres)
-        if allowed is not None:
-            # Exact scores over the allowed subset: a filtered index search could return fewer.
-            return self._exact(vector, k, np.flatnonzero(allowed & ~blocked))
-        # Ask the index for enough results that k survive removing the blocked items; when that is
-        # a large share of the catalogue, one exact matrix-vector product is cheaper than the index.
-        wanted = int(min(self.n_items, k + blocked.sum()))
-        if wanted > INDEX_SEARCH_LIMIT:
-            return self._exact(vector, k, np.flatnonzero(~blocked))
-        scores, ids = self.index.search(vector[None, :].astype(np.float32), wanted)
-        ids, scores = ids[0], scores[0]
-        rows = self.lookup(self.item_ids, ids[ids >= 0])
-        scores = scores[ids >= 0]
-        keep = (rows >= 0) & ~blocked[np.maximum(rows, 0)]
-        return Scored(rows[keep][:k], scores[keep][:k])
+    def _allowed(self, blocked_rows: np.ndarray, genres: list[str]) -> np.ndarray:
+        """Items a response may contain: not blocked and, when genres are given, of one of them."""
+        allowed = self._of_genres(genres) if genres else np.ones(self.n_items, dtype=bool)
+        allowed[blocked_rows] = False
+        return allowed
+
+    def _precomputed(
+        self, user_row: int, k: int, exclude_rows: np.ndarray, genres: list[str]
+    ) -> Scored | None:
+        """The user's list ranked at packaging time, filtered; None when it cannot answer.
+
+        The list is the exact top of the user's unseen items, so its first k allowed entries are
+        the answer whenever k of them survive the filters, or when it holds every unseen item
+        (it ends in -1) and there are no more to find.
+        """
+        if self.top_rows is None or k > self.top_rows.shape[1]:
+            return None
+        rows, scores = self.top_rows[user_row], self.top_scores[user_row]
+        complete = rows[-1] < 0
+        if exclude_rows.size or genres:
+            keep = rows >= 0
+            if exclude_rows.size:
+                keep &= ~np.isin(rows, exclude_rows)
+            if genres:
+                keep &= self._of_genres(genres)[rows]
+            rows, scores = rows[keep], scores[keep]
+            if rows.size < k and not complete:
+                return None
+        elif complete:
+            scores = scores[rows >= 0]
+            rows = rows[rows >= 0]
+        return Scored(rows[:k], scores[:k])
+
+    def _rank(self, vector: np.ndarray, k: int, allowed: np.ndarray) -> Scored:
+        """The k best allowed items by inner product, asking the index for allowed items only.
+
+        The filter travels into the search as a bitmap selector, so a user's seen items (which
+        ALS scores highest) cost nothing instead of having to be over-fetched and dropped.
+        """
+        take = min(k, int(allowed.sum()))
+        if take == 0:
+            return Scored(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
+        if self.row_labels:
+            space = allowed
+        else:
+            space = np.zeros(self.label_space, dtype=bool)
+            space[self.item_ids[allowed]] = True
+        bits = np.packbits(space, bitorder="little")
+        params = self.search_parameters(faiss.IDSelectorBitmap(space.size, faiss.swig_ptr(bits)))
+        scores, labels = self.search_index.search(vector[None, :], take, params=params)
+        labels, scores = labels[0], scores[0]
+        if labels[-1] < 0:
+            # An approximate index (IVF probes, HNSW beam) found fewer than k allowed items:
+            # rank them exactly, so the response still has k when the catalogue allows.
+            return self._exact(vector, take, np.flatnonzero(allowed))
+        rows = labels if self.row_labels else self.lookup(self.item_ids, labels)
+        return Scored(rows, scores)
 
     def _exact(self, vector: np.ndarray, k: int, candidates: np.ndarray) -> Scored:
-        if candidates.size == 0:
-            return Scored(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
         scores = self.item_factors[candidates] @ vector
-        take = min(k, candidates.size)
-        top = np.argpartition(-scores, take - 1)[:take]
+        top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         return Scored(candidates[top], scores[top])
 
     def recommend_user(
         self, user_row: int, k: int, exclude_rows: np.ndarray, genres: list[str], explain: bool
     ) -> Scored:
-        seen = self.seen.indices[self.seen.indptr[user_row] : self.seen.indptr[user_row + 1]]
-        blocked = self._blocked(np.concatenate([seen, exclude_rows]).astype(np.int64))
-        result = self._rank(self.user_factors[user_row], k, blocked, genres)
+        result = self._precomputed(user_row, k, exclude_rows, genres)
+        if result is None:
+            seen = self.seen.indices[self.seen.indptr[user_row] : self.seen.indptr[user_row + 1]]
+            allowed = self._allowed(seen, genres)
+            allowed[exclude_rows] = False
+            result = self._rank(self.user_factors[user_row], k, allowed)
         if not explain:
             return result
         start, end = self.liked.indptr[user_row], self.liked.indptr[user_row + 1]
@@ -153,7 +190,7 @@ class Engine:
 
     def recommend_liked(self, liked_rows: np.ndarray, k: int, genres: list[str], explain: bool) -> Scored:
         vector = self.fold_in_vector(liked_rows)
-        result = self._rank(vector, k, self._blocked(liked_rows), genres)
+        result = self._rank(vector.astype(np.float32), k, self._allowed(liked_rows, genres))
         if not explain:
             return result
         values = np.full(liked_rows.size, self.liked_value, dtype=np.float32)
@@ -188,10 +225,7 @@ class Engine:
 
     def popular(self, k: int, genres: list[str], blocked_rows: np.ndarray) -> Scored:
         """Most-rated movies, optionally of any of ``genres``, without the blocked ones."""
-        keep = ~self._blocked(blocked_rows)
-        allowed = self._allowed_by_genre(genres)
-        if allowed is not None:
-            keep &= allowed
+        keep = self._allowed(blocked_rows, genres)
         ranked = self.popular_rows[keep[self.popular_rows]][:k]
         # A rank-based score keeps the response shape of the other strategies.
         return Scored(ranked, (1.0 / (1.0 + np.arange(len(ranked)))).astype(np.float32))
@@ -205,6 +239,29 @@ class Engine:
         top = np.argpartition(-cosine, take - 1)[:take]
         top = top[np.argsort(-cosine[top], kind="stable")]
         return Scored(top, cosine[top])
+
+
+def searchable(
+    index: faiss.Index, item_ids: np.ndarray
+) -> tuple[faiss.Index, bool, Callable[[faiss.IDSelector], faiss.SearchParameters]]:
+    """The index to search, whether its labels are item rows, and how to build its parameters.
+
+    A bundle's index labels items by movie id. When it is an id map over rows in item order, the
+    inner index is searched instead: its labels are rows, which saves an id lookup per result.
+    Search parameters must be the index's own kind, carrying its probe or beam width, or FAISS
+    falls back to the defaults (nprobe 1, efSearch 16).
+    """
+    row_labels = False
+    if isinstance(index, faiss.IndexIDMap) and np.array_equal(faiss.vector_to_array(index.id_map), item_ids):
+        index, row_labels = faiss.downcast_index(index.index), True
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+    if isinstance(inner, faiss.IndexIVF):
+        nprobe = inner.nprobe
+        return index, row_labels, lambda sel: faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
+    if isinstance(inner, faiss.IndexHNSW):
+        ef = inner.hnsw.efSearch
+        return index, row_labels, lambda sel: faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
+    return index, row_labels, lambda sel: faiss.SearchParameters(sel=sel)
 
 
 def limit_threads() -> None:

@@ -7,23 +7,24 @@ the old one keeps serving and ``/ready`` reports the error.
 """
 
 import asyncio
-import json
 import logging
 import re
 import secrets
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import parse_qsl
 
 import numpy as np
+import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import Path as PathParam
+from fastapi.responses import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -36,11 +37,14 @@ from prometheus_client import (
 from .bundle import load_bundle
 from .engine import Engine, Scored, limit_threads
 from .promotion import promoted_path
-from .request_log import RequestLog, RequestRecord
+from .request_log import RequestIds, RequestLog, RequestRecord
 from .schemas import (
+    INT64_MAX,
+    INT64_MIN,
     ColdStartRequest,
     ErrorMessage,
     Health,
+    InvalidInput,
     MovieResponse,
     PopularMovies,
     Readiness,
@@ -51,6 +55,7 @@ from .schemas import (
 from .settings import ServingSettings
 
 log = logging.getLogger("recsys_serving")
+NO_ROWS = np.empty(0, dtype=np.int64)
 ID_LIST = re.compile(r"^-?\d+(,-?\d+)*$")
 UNTHROTTLED = {"/health", "/ready", "/metrics"}
 LOGGED_ROUTES = {
@@ -61,14 +66,28 @@ LOGGED_ROUTES = {
 }
 
 
-def query_docs(*params: tuple[str, str, str, bool, str]) -> dict:
+ID_SCHEMA = {"type": "integer", "format": "int64", "minimum": INT64_MIN, "maximum": INT64_MAX}
+ID_LIST_SCHEMA = {"type": "string", "pattern": ID_LIST.pattern}
+
+
+def query_docs(*params: tuple[str, str, dict, bool, str]) -> dict:
     """OpenAPI parameters for routes that parse their own query strings."""
     return {
         "parameters": [
-            {"name": name, "in": where, "required": required, "schema": {"type": kind}, "description": text}
-            for name, where, kind, required, text in params
+            {"name": name, "in": where, "required": required, "schema": schema, "description": text}
+            for name, where, schema, required, text in params
         ]
     }
+
+
+class JSONResponse(Response):
+    """JSON encoded by orjson: encoding a response with the standard library took a sizeable share
+    of a recommendation request (benchmarks/serve_bench.py)."""
+
+    media_type = "application/json"
+
+    def render(self, content: object) -> bytes:
+        return orjson.dumps(content)
 
 
 class Metrics:
@@ -158,7 +177,7 @@ class BundleManager:
             if path == self._refused and not force:
                 return False
             try:
-                engine = Engine(load_bundle(path))
+                engine = Engine(load_bundle(path), self.settings.precomputed_lists)
             except Exception as exc:
                 self._refused = path
                 self.metrics.load_failures.inc()
@@ -213,7 +232,7 @@ class Service:
 async def _json(
     send: Callable, status: int, body: dict, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    payload = json.dumps(body).encode()
+    payload = orjson.dumps(body)
     await send(
         {
             "type": "http.response.start",
@@ -240,6 +259,7 @@ class ServiceMiddleware:
 
     def __init__(self, app: Callable, service: Service):
         self.app, self.service = app, service
+        self.request_ids = RequestIds()
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -248,7 +268,7 @@ class ServiceMiddleware:
         service = self.service
         started = time.perf_counter()
         arrived = time.time()
-        request_id = uuid.uuid4().hex
+        request_id = self.request_ids.next()
         status_holder = {"status": 500}
         path = scope["path"]
 
@@ -365,6 +385,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         return current
 
     Served = Annotated[Engine, Depends(engine)]
+    rejected = {422: {"model": InvalidInput, "description": "invalid input; the detail names the field"}}
+    not_found = {404: {"model": ErrorMessage}, **rejected}
+    body_rejected = {400: {"model": ErrorMessage, "description": "the body is not JSON"}, **rejected}
+    k_schema = {"type": "integer", "minimum": 1, "maximum": settings.max_k, "default": 10}
 
     def check_length(name: str, values: list) -> None:
         if len(values) > settings.max_list_items:
@@ -387,11 +411,22 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             422, detail=[{"type": "value_error", "loc": [where, field], "msg": message, "input": value}]
         )
 
+    def query(request: Request) -> dict[str, str]:
+        """The query string as a dict, the last value of a repeated name winning (as Starlette's
+        QueryParams.get); plain strings skip the URL-decoding Starlette always does."""
+        text = request.scope["query_string"].decode("latin-1")
+        if "%" in text or "+" in text:
+            return dict(parse_qsl(text, keep_blank_values=True))
+        return dict(part.partition("=")[::2] for part in text.split("&") if part)
+
     def parse_int(value: str, field: str, where: str = "query") -> int:
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
             raise invalid(field, where, "Input should be a valid integer", value) from None
+        if not INT64_MIN <= number <= INT64_MAX:
+            raise invalid(field, where, "Input should be a 64-bit integer", value)
+        return number
 
     def parse_k(params) -> int:
         raw = params.get("k")
@@ -407,7 +442,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             return []
         if not ID_LIST.match(raw):
             raise invalid(field, "query", "Input should be comma-separated integers", raw)
-        values = [int(v) for v in raw.split(",")]
+        values = [parse_int(v, field) for v in raw.split(",")]
         check_length(field, values)
         return values
 
@@ -451,7 +486,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             "strategy": strategy,
             "k": k,
             "bundle_version": current.version,
-            "items": [(m["movieId"], m["rank"], round(m["score"], 6)) for m in served],
+            "items": [(m["movieId"], m["rank"], m["score"]) for m in served],
             **extra,
         }
 
@@ -483,23 +518,24 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         "/users/{user_id}/recommendations",
         response_model=Recommendations,
         tags=["recommendations"],
+        responses=rejected,
         openapi_extra=query_docs(
-            ("user_id", "path", "integer", True, "the user"),
-            ("k", "query", "integer", False, f"number of movies, 1-{settings.max_k} (default 10)"),
-            ("exclude", "query", "string", False, "comma-separated movie ids never to return"),
-            ("genres", "query", "string", False, "comma-separated genres: only movies of these"),
-            ("explain", "query", "boolean", False, "say which liked movie contributed most"),
+            ("user_id", "path", ID_SCHEMA, True, "the user"),
+            ("k", "query", k_schema, False, f"number of movies, 1-{settings.max_k} (default 10)"),
+            ("exclude", "query", ID_LIST_SCHEMA, False, "comma-separated movie ids never to return"),
+            ("genres", "query", {"type": "string"}, False, "comma-separated genres: only movies of these"),
+            ("explain", "query", {"type": "boolean"}, False, "say which liked movie contributed most"),
         ),
     )
     async def recommend_for_user(request: Request) -> Response:
         current = engine()
-        params = request.query_params
+        params = query(request)
         user_id = parse_int(request.path_params["user_id"], "user_id", "path")
         k = parse_k(params)
         excluded = parse_id_list(params.get("exclude"), "exclude")
         genres = parse_genres(current, params.get("genres"), "genres")
         explain = parse_bool(params.get("explain"), "explain")
-        exclude_rows = current.item_rows(np.array(excluded, dtype=np.int64))
+        exclude_rows = current.item_rows(np.array(excluded, dtype=np.int64)) if excluded else NO_ROWS
         row = current.user_row(user_id)
         if row is None:
             metrics.fallbacks.labels("unknown_user").inc()
@@ -518,7 +554,9 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             }
         )
 
-    @app.post("/recommendations", response_model=Recommendations, tags=["recommendations"])
+    @app.post(
+        "/recommendations", response_model=Recommendations, tags=["recommendations"], responses=body_rejected
+    )
     async def recommend_cold_start(request: Request, current: Served, body: ColdStartRequest) -> Response:
         check_length("liked", body.liked)
         check_length("genres", body.genres)
@@ -546,10 +584,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             }
         )
 
-    not_found = {404: {"model": ErrorMessage}}
-
     @app.get("/movies/{movie_id}", response_model=MovieResponse, tags=["movies"], responses=not_found)
-    async def get_movie(current: Served, movie_id: int) -> Response:
+    async def get_movie(
+        current: Served, movie_id: Annotated[int, PathParam(ge=INT64_MIN, le=INT64_MAX)]
+    ) -> Response:
         row = current.item_row(movie_id)
         if row is None:
             raise HTTPException(404, detail=f"movie {movie_id} is not in the catalogue")
@@ -561,14 +599,14 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         tags=["movies"],
         responses=not_found,
         openapi_extra=query_docs(
-            ("movie_id", "path", "integer", True, "the movie"),
-            ("k", "query", "integer", False, f"number of movies, 1-{settings.max_k} (default 10)"),
+            ("movie_id", "path", ID_SCHEMA, True, "the movie"),
+            ("k", "query", k_schema, False, f"number of movies, 1-{settings.max_k} (default 10)"),
         ),
     )
     async def similar_movies(request: Request) -> Response:
         current = engine()
         movie_id = parse_int(request.path_params["movie_id"], "movie_id", "path")
-        k = parse_k(request.query_params)
+        k = parse_k(query(request))
         row = current.item_row(movie_id)
         if row is None:
             raise HTTPException(404, detail=f"movie {movie_id} is not in the catalogue")
@@ -580,17 +618,19 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         "/popular",
         response_model=PopularMovies,
         tags=["movies"],
+        responses=rejected,
         openapi_extra=query_docs(
-            ("k", "query", "integer", False, f"number of movies, 1-{settings.max_k} (default 10)"),
-            ("genre", "query", "string", False, "only movies of this genre"),
+            ("k", "query", k_schema, False, f"number of movies, 1-{settings.max_k} (default 10)"),
+            ("genre", "query", {"type": "string"}, False, "only movies of this genre"),
         ),
     )
     async def popular(request: Request) -> Response:
         current = engine()
-        k = parse_k(request.query_params)
-        genre = request.query_params.get("genre") or None
+        params = query(request)
+        k = parse_k(params)
+        genre = params.get("genre") or None
         genres = parse_genres(current, genre, "genre")
-        served = items(current, current.popular(k, genres, np.empty(0, dtype=np.int64)))
+        served = items(current, current.popular(k, genres, NO_ROWS))
         record(request, current, "popular_fallback", k, served)
         return JSONResponse({"bundle_version": current.version, "genre": genre, "items": served})
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
 Strategy = Literal["als", "fold_in", "popular_fallback"]
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Ids are stored as int64 (numpy, SQLite, JSON encoders): a larger number is a client error.
+Id = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 
 
 class Health(BaseModel):
@@ -70,7 +73,7 @@ class PopularMovies(BaseModel):
 
 
 class ColdStartRequest(BaseModel):
-    liked: list[int] = Field(..., description="movie ids the new user likes")
+    liked: list[Id] = Field(..., description="movie ids the new user likes")
     k: int = Field(10, ge=1)
     genres: list[str] = Field(default_factory=list, description="only recommend movies of these genres")
     explain: bool = False
@@ -84,3 +87,9 @@ class ReloadResult(BaseModel):
 
 class ErrorMessage(BaseModel):
     detail: str
+
+
+class InvalidInput(BaseModel):
+    detail: str | list[dict[str, Any]] = Field(
+        ..., description="what is wrong: a message, or FastAPI's list of {loc, msg, type, input}"
+    )

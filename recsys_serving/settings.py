@@ -31,6 +31,9 @@ class ServingSettings(BaseSettings):
     admin_api_key: str | None = None
     rate_limit_per_second: float = Field(200.0, ge=0)  # per client; 0 disables
     rate_limit_burst: int = Field(400, ge=1)
+    # Answer known users from the lists ranked at packaging time when the bundle has them; false
+    # always searches the index (the benchmark compares both).
+    precomputed_lists: bool = True
 
     @property
     def bundle_path(self) -> Path:

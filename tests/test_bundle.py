@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 from recsys_assets.modeling.index import build_index
-from recsys_serving.bundle import BundleError, load_bundle, verify_bundle, write_bundle
+from recsys_serving.bundle import BundleError, load_bundle, top_unseen, verify_bundle, write_bundle
 from recsys_serving.confidence import Weighting
 
 BM25 = Weighting("bm25")
@@ -101,3 +101,20 @@ def test_each_bundle_is_a_new_version(tmp_path: Path) -> None:
     second, _ = _write(tmp_path, Weighting("linear"))
     assert first != second and first.is_dir() and second.is_dir()
     assert not (first / "bm25_length_norm.npy").exists()
+
+
+def test_top_unseen_ranks_exactly_and_pads_short_lists() -> None:
+    rng = np.random.default_rng(1)
+    users, items = rng.normal(size=(7, 3)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)
+    seen = sp.random(7, 5, density=0.4, format="csr", random_state=2)
+    rows, scores = top_unseen(users, items, seen, n=4, chunk_users=3)  # chunks split the users
+    assert rows.shape == scores.shape == (7, 4)
+    for u in range(7):
+        exact = users[u] @ items.T
+        exact[seen[u].indices] = -np.inf
+        unseen = int(np.isfinite(exact).sum())
+        order = np.argsort(-exact, kind="stable")[: min(4, unseen)]
+        assert rows[u, : len(order)].tolist() == order.tolist()
+        np.testing.assert_allclose(scores[u, : len(order)], exact[order], rtol=1e-5, atol=1e-6)
+        assert (rows[u, len(order) :] == -1).all()
+    assert (rows == -1).any()  # some user has fewer than 4 unseen items: the case is exercised

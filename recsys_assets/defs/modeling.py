@@ -7,6 +7,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 from mlflow.entities import Metric, Param
+from pydantic import Field
 
 from recsys_serving.confidence import Weighting
 
@@ -241,9 +242,16 @@ def faiss_index_recall(faiss_index: ItemIndex, als_model: TrainedModel) -> dg.As
     )
 
 
+class BundleConfig(dg.Config):
+    # Each known user's best unseen items, ranked once here so a server answers plain requests by
+    # slicing an array (benchmarks/serve_bench.py); 4 bytes x 2 per user and item. 0: none.
+    precomputed_top_n: int = Field(50, ge=0)
+
+
 @dg.asset(group_name=MODEL_GROUP, kinds={"mlflow"})
 def production_bundle(
     context: dg.AssetExecutionContext,
+    config: BundleConfig,
     als_model: TrainedModel,
     faiss_index: ItemIndex,
     raw_movies: pl.DataFrame,
@@ -280,6 +288,7 @@ def production_bundle(
         temporal_splits,
         manifest,
         faiss_index.load(),
+        top_n=config.precomputed_top_n,
     )
     version = path.name
     client = mlflow_tracking.client()
@@ -315,6 +324,7 @@ def production_bundle(
             "model_version": int(registered.version),
             "alias": "challenger",
             "test_ndcg@10": ndcg,
+            "precomputed_top_n": config.precomputed_top_n,
             "files": dg.MetadataValue.json({p.name: p.stat().st_size for p in sorted(path.iterdir())}),
         }
     )

@@ -21,8 +21,10 @@ def package_bundle(
     splits: dict[str, pl.DataFrame],
     manifest: dict,
     index=None,
+    top_n: int = 50,
 ) -> Path:
-    """Write a bundle: seen = every movie a user rated, liked = the training weights."""
+    """Write a bundle: seen = every movie a user rated, liked = the training weights, and each
+    user's ``top_n`` best unseen items ranked in advance (0: none)."""
     seen = to_csr(ratings, model.ids, value=None)
     seen.data[:] = 1.0
     liked = to_csr(pl.concat([splits["train"], splits["validation"]]), model.ids)
@@ -40,4 +42,5 @@ def package_bundle(
         regularization=model.params.regularization,
         length_norm=model.length_norm,
         manifest=manifest,
+        top_n=top_n,
     )

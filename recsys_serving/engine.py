@@ -64,6 +64,8 @@ class Engine:
                 self.genre_masks[g][row] = True
         # The full ranking by number of raters (popularity.json holds its head for other readers).
         self.popular_rows = np.argsort(-self.seen.getnnz(axis=0), kind="stable")
+        # A rank-based score keeps the popularity fallback in the response shape of the others.
+        self.rank_scores = (1.0 / (1.0 + np.arange(self.n_items))).astype(np.float32)
         self.liked_value = float(bundle.manifest["fold_in"].get("liked_value", 1.0))
 
     # ------------------------------------------------------------------ lookups
@@ -225,10 +227,12 @@ class Engine:
 
     def popular(self, k: int, genres: list[str], blocked_rows: np.ndarray) -> Scored:
         """Most-rated movies, optionally of any of ``genres``, without the blocked ones."""
-        keep = self._allowed(blocked_rows, genres)
-        ranked = self.popular_rows[keep[self.popular_rows]][:k]
-        # A rank-based score keeps the response shape of the other strategies.
-        return Scored(ranked, (1.0 / (1.0 + np.arange(len(ranked)))).astype(np.float32))
+        if genres or blocked_rows.size:
+            keep = self._allowed(blocked_rows, genres)
+            ranked = self.popular_rows[keep[self.popular_rows]][:k]
+        else:
+            ranked = self.popular_rows[:k]
+        return Scored(ranked, self.rank_scores[: len(ranked)])
 
     def similar(self, item_row: int, k: int) -> Scored:
         cosine = self.unit_factors @ self.unit_factors[item_row]

@@ -56,7 +56,7 @@ from .settings import ServingSettings
 
 log = logging.getLogger("recsys_serving")
 NO_ROWS = np.empty(0, dtype=np.int64)
-ID_LIST = re.compile(r"^-?\d+(,-?\d+)*$")
+ID_LIST = re.compile(r"^(-?\d+(,-?\d+)*)?$")
 UNTHROTTLED = {"/health", "/ready", "/metrics"}
 LOGGED_ROUTES = {
     "/users/{user_id}/recommendations",

@@ -244,7 +244,7 @@ def faiss_index_recall(faiss_index: ItemIndex, als_model: TrainedModel) -> dg.As
 
 class BundleConfig(dg.Config):
     # Each known user's best unseen items, ranked once here so a server answers plain requests by
-    # slicing an array (benchmarks/serve_bench.py); 4 bytes x 2 per user and item. 0: none.
+    # slicing an array (benchmarks/serve_bench.py); 8 bytes per user and listed item. 0: none.
     precomputed_top_n: int = Field(50, ge=0)
 
 

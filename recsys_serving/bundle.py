@@ -1,26 +1,34 @@
 """The production bundle: an immutable, versioned, self-verifying directory a server can load.
 
-Layout of ``<bundle_root>/<version>/``::
+Layout of ``<bundle_root>/<version>/``; ``manifest.json`` names the model kind (``model.kind``:
+``als``, ``ease`` or ``item_knn``) and lists every other file with its sha256::
 
-    manifest.json        format version, created_at, code/model version, dataset fingerprint,
-                         parameters, metrics, fold-in settings, counts, sha256 of every file
-    item_factors.npy     float32 [n_items, f]      row i belongs to item_ids[i]
-    user_factors.npy     float32 [n_users, f]      row u belongs to user_ids[u]
-    item_ids.npy         int64 movie ids
-    user_ids.npy         int64 user ids
+    manifest.json        format version, created_at, model kind and parameters, metrics, dataset
+                         fingerprint, fold-in/input settings, counts, sha256 of every file
+    item_ids.npy         int64 movie ids (sorted); row i of every item array belongs to item_ids[i]
+    user_ids.npy         int64 user ids (sorted)
     seen.npz             CSR users x items: every movie each user has rated (to exclude)
-    liked.npz            CSR users x items: the training weights the model was fitted on (for
-                         explanations: which liked movie contributed most to a score)
-    index.faiss          FAISS index over item factors, ids = movie ids, inner product
+    liked.npz            CSR users x items: each user's positive interactions with their weights,
+                         the model's input for that user (scores, explanations)
     movies.parquet       movie_id, title, year, genres (for every item in the model)
     popularity.json      {"overall": [movie ids], "by_genre": {genre: [movie ids]}}
-    bm25_length_norm.npy only with bm25 weighting: per-item BM25 length normalisation
+    held_out.npz         optional, CSR users x items: the liked pairs the model was not fitted on
+                         (its test split); the rest of ``liked`` is what it was fitted on
     top_rows.npy         optional, int32 [n_users, n]: each user's n best unseen items (item rows,
                          best first, -1 past the end when fewer are unseen), ranked exactly
-    top_scores.npy       optional, float32 [n_users, n]: their ALS scores
+    top_scores.npy       optional, float32 [n_users, n]: their scores
+  als only:
+    item_factors.npy     float32 [n_items, f]
+    user_factors.npy     float32 [n_users, f]
+    index.faiss          FAISS index over item factors, ids = movie ids, inner product
+    bm25_length_norm.npy only with bm25 weighting: per-item BM25 length normalisation
+  ease and item_knn:
+    item_similarity.npz  CSR items x items: row j holds item j's strongest neighbours; a user's
+                         scores are (liked row, binary for EASE) @ item_similarity
 
 Written into a temporary directory and renamed, so a bundle directory is either complete or
-absent; every file's hash is checked on load, so a corrupted bundle is refused.
+absent. The loader reads only files the manifest lists, checks every hash, and refuses a bundle
+with a file the manifest does not list, so nothing unverified is ever served.
 No dagster import here: the serving package loads bundles with this module alone.
 """
 
@@ -40,9 +48,18 @@ import polars as pl
 import scipy.sparse as sp
 
 from .confidence import Weighting
+from .models import KINDS, FactorModel, ItemItemModel, Model, top_unseen
 
-FORMAT_VERSION = 2  # 2: liked.npz and fold_in.liked_value
+FORMAT_VERSION = 3  # 3: model kinds (als, ease, item_knn); 2: ALS only, still readable
+READABLE_FORMATS = (2, 3)
 MANIFEST = "manifest.json"
+COMMON_FILES = ("item_ids.npy", "user_ids.npy", "seen.npz", "liked.npz", "movies.parquet", "popularity.json")
+KIND_FILES = {
+    "als": ("item_factors.npy", "user_factors.npy", "index.faiss"),
+    "ease": ("item_similarity.npz",),
+    "item_knn": ("item_similarity.npz",),
+}
+OPTIONAL_FILES = ("top_rows.npy", "top_scores.npy", "bm25_length_norm.npy", "held_out.npz")
 
 
 class BundleError(RuntimeError):
@@ -55,13 +72,16 @@ class Bundle:
     manifest: dict
     item_ids: np.ndarray
     user_ids: np.ndarray
-    item_factors: np.ndarray
-    user_factors: np.ndarray
     seen: sp.csr_matrix
     liked: sp.csr_matrix
-    index: faiss.Index
     movies: pl.DataFrame
     popularity: dict
+    kind: str = "als"
+    item_factors: np.ndarray | None = None
+    user_factors: np.ndarray | None = None
+    index: faiss.Index | None = None
+    item_similarity: sp.csr_matrix | None = None
+    held_out: sp.csr_matrix | None = None
     length_norm: np.ndarray | None = None
     weighting: Weighting = field(default_factory=Weighting)
     top_rows: np.ndarray | None = None
@@ -74,6 +94,30 @@ class Bundle:
     @property
     def regularization(self) -> float:
         return float(self.manifest["fold_in"]["regularization"])
+
+    def fitted_pairs(self) -> sp.csr_matrix:
+        """The (user, item) pairs the model was fitted on: ``liked`` without the held-out ones."""
+        if self.held_out is None:
+            return self.liked
+        return (self.liked - self.liked.multiply(self.held_out > 0)).tocsr()
+
+    @property
+    def binary_input(self) -> bool:
+        return bool(self.manifest["fold_in"].get("binary_input", False))
+
+    def model(self) -> Model:
+        """The bundle's scoring model, whatever its kind."""
+        if self.kind == "als":
+            return FactorModel(
+                self.item_ids,
+                self.item_factors,
+                self.user_factors,
+                self.index,
+                self.weighting,
+                self.regularization,
+                self.length_norm,
+            )
+        return ItemItemModel(self.kind, self.item_similarity, self.liked, self.binary_input)
 
 
 def _sha256(path: Path) -> str:
@@ -98,116 +142,110 @@ def popularity_ranking(
     return {"overall": overall[:top].tolist(), "by_genre": by_genre}
 
 
-def top_unseen(
-    user_factors: np.ndarray,
-    item_factors: np.ndarray,
-    seen: sp.csr_matrix,
-    n: int,
-    chunk_users: int = 1024,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each user's ``n`` highest-scoring unseen items by exact inner product, best first.
-
-    Rows past a user's unseen items are -1 (score -inf). Users are scored in chunks, so memory
-    stays at ``chunk_users`` x items floats whatever the number of users.
-    """
-    n_users, n_items = user_factors.shape[0], item_factors.shape[0]
-    n = min(n, n_items)
-    rows = np.full((n_users, n), -1, dtype=np.int32)
-    scores = np.full((n_users, n), -np.inf, dtype=np.float32)
-    if n == 0:
-        return rows, scores
-    items_t = np.ascontiguousarray(item_factors, dtype=np.float32).T
-    seen = seen.tocsr()
-    for start in range(0, n_users, chunk_users):
-        stop = min(start + chunk_users, n_users)
-        block = np.asarray(user_factors[start:stop], dtype=np.float32) @ items_t
-        part = seen[start:stop]
-        block[np.repeat(np.arange(stop - start), np.diff(part.indptr)), part.indices] = -np.inf
-        top = np.argpartition(-block, n - 1, axis=1)[:, :n]
-        top_scores = np.take_along_axis(block, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)
-        top_scores = np.take_along_axis(top_scores, order, axis=1)
-        rows[start:stop] = np.where(np.isfinite(top_scores), top, -1)
-        scores[start:stop] = top_scores
-    return rows, scores
-
-
 def write_bundle(
     root: Path,
     *,
+    kind: str,
     item_ids: np.ndarray,
     user_ids: np.ndarray,
-    item_factors: np.ndarray,
-    user_factors: np.ndarray,
     seen: sp.csr_matrix,
     liked: sp.csr_matrix,
-    index: faiss.Index,
     movies: pl.DataFrame,
-    weighting: Weighting,
-    regularization: float,
-    length_norm: np.ndarray | None,
     manifest: dict,
+    item_factors: np.ndarray | None = None,
+    user_factors: np.ndarray | None = None,
+    index: faiss.Index | None = None,
+    weighting: Weighting | None = None,
+    regularization: float = 0.0,
+    length_norm: np.ndarray | None = None,
+    item_similarity: sp.csr_matrix | None = None,
+    binary_input: bool = False,
+    held_out: sp.csr_matrix | None = None,
     top_n: int = 0,
 ) -> Path:
-    """Write a new bundle under ``root`` and return its directory (named by its version).
+    """Write a new bundle of ``kind`` under ``root`` and return its directory (named by its version).
 
-    With ``top_n`` > 0 each user's best ``top_n`` unseen items are ranked here, once, so a server
-    answers a known user's plain request by slicing an array instead of searching the index.
+    ALS needs the factors, the index and the fold-in settings (weighting, regularization);
+    item-item kinds need ``item_similarity`` and whether their input is binary. With ``top_n`` > 0
+    each user's best ``top_n`` unseen items are ranked here, once, so a server answers a known
+    user's plain request by slicing an array.
     """
+    if kind not in KINDS:
+        raise BundleError(f"unknown model kind {kind!r}: use one of {', '.join(KINDS)}")
     n_items, n_users = len(item_ids), len(user_ids)
-    if item_factors.shape[0] != n_items or user_factors.shape[0] != n_users:
-        raise BundleError("factor rows do not match the id maps")
-    for name, matrix in (("seen", seen), ("liked", liked)):
-        if matrix.shape != (n_users, n_items):
+    for name, matrix in (("seen", seen), ("liked", liked), ("held_out", held_out)):
+        if matrix is not None and matrix.shape != (n_users, n_items):
             raise BundleError(f"{name} matrix is {matrix.shape}, expected {(n_users, n_items)}")
     if set(movies.columns) < {"movie_id", "title", "year", "genres"}:
         raise BundleError("movies need movie_id, title, year and genres")
+    weighting = weighting or Weighting()
+    if kind == "als":
+        if item_factors is None or user_factors is None or index is None:
+            raise BundleError("an ALS bundle needs item factors, user factors and an index")
+        if item_factors.shape[0] != n_items or user_factors.shape[0] != n_users:
+            raise BundleError("factor rows do not match the id maps")
+        if weighting.scheme == "bm25" and length_norm is None:
+            raise BundleError("bm25 weighting needs the items' length normalisation")
+    elif item_similarity is None or item_similarity.shape != (n_items, n_items):
+        raise BundleError(f"a {kind} bundle needs an items x items similarity matrix ({n_items} items)")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=root))
     try:
-        np.save(staging / "item_factors.npy", np.ascontiguousarray(item_factors, dtype=np.float32))
-        np.save(staging / "user_factors.npy", np.ascontiguousarray(user_factors, dtype=np.float32))
         np.save(staging / "item_ids.npy", np.asarray(item_ids, dtype=np.int64))
         np.save(staging / "user_ids.npy", np.asarray(user_ids, dtype=np.int64))
         sp.save_npz(staging / "seen.npz", seen.tocsr().astype(np.float32))
         sp.save_npz(staging / "liked.npz", liked.tocsr().astype(np.float32))
-        faiss.write_index(index, str(staging / "index.faiss"))
+        if held_out is not None:
+            sp.save_npz(staging / "held_out.npz", held_out.tocsr().astype(np.float32))
         catalogue = movies.filter(pl.col("movie_id").is_in(np.asarray(item_ids).tolist()))
         catalogue.select("movie_id", "title", "year", "genres").write_parquet(staging / "movies.parquet")
         popularity = popularity_ranking(seen, np.asarray(item_ids), catalogue)
         (staging / "popularity.json").write_text(json.dumps(popularity))
-        if weighting.scheme == "bm25":
-            if length_norm is None:
-                raise BundleError("bm25 weighting needs the items' length normalisation")
-            np.save(staging / "bm25_length_norm.npy", np.asarray(length_norm, dtype=np.float32))
+        if kind == "als":
+            np.save(staging / "item_factors.npy", np.ascontiguousarray(item_factors, dtype=np.float32))
+            np.save(staging / "user_factors.npy", np.ascontiguousarray(user_factors, dtype=np.float32))
+            faiss.write_index(index, str(staging / "index.faiss"))
+            if weighting.scheme == "bm25":
+                np.save(staging / "bm25_length_norm.npy", np.asarray(length_norm, dtype=np.float32))
+            model: Model = FactorModel(
+                np.asarray(item_ids),
+                item_factors,
+                user_factors,
+                index,
+                weighting,
+                regularization,
+                length_norm,
+            )
+        else:
+            similarity = item_similarity.tocsr().astype(np.float32)
+            sp.save_npz(staging / "item_similarity.npz", similarity)
+            model = ItemItemModel(kind, similarity, liked, binary_input)
         if top_n > 0:
-            top_rows, top_scores = top_unseen(user_factors, item_factors, seen, top_n)
+            top_rows, top_scores = top_unseen(model, n_users, n_items, seen, top_n)
             np.save(staging / "top_rows.npy", top_rows)
             np.save(staging / "top_scores.npy", top_scores)
         files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
-        described = {
-            "files": files,
-            "manifest": manifest,
+        fold = {
+            "regularization": regularization,
             "weighting": weighting.to_dict(),
-            "l2": regularization,
+            "binary_input": binary_input,
+            # the interaction weight a cold-start "liked" movie gets: the typical training one
+            "liked_value": float(np.median(liked.data)) if liked.nnz else 1.0,
         }
+        described = {"files": files, "manifest": manifest, "kind": kind, "fold_in": fold}
         content = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
         created = datetime.now(UTC)
         version = f"{created:%Y%m%dT%H%M%S}Z-{content[:8]}"
+        factors = int(item_factors.shape[1]) if kind == "als" else None
         full = {
             **manifest,
+            "model": {**manifest.get("model", {}), "kind": kind},
             "format_version": FORMAT_VERSION,
             "version": version,
             "created_at": created.isoformat(timespec="seconds"),
-            "fold_in": {
-                "regularization": regularization,
-                "weighting": weighting.to_dict(),
-                # the interaction weight a cold-start "liked" movie gets: the typical training one
-                "liked_value": float(np.median(liked.data)) if liked.nnz else 1.0,
-            },
-            "counts": {"users": n_users, "items": n_items, "factors": int(item_factors.shape[1])},
+            "fold_in": fold,
+            "counts": {"users": n_users, "items": n_items, "factors": factors},
             "precomputed_top_n": min(top_n, n_items) if top_n > 0 else 0,
             "files": files,
         }
@@ -229,22 +267,45 @@ def read_manifest(path: Path) -> dict:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as exc:
         raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_FORMATS:
         raise BundleError(
-            f"{path}: bundle format {manifest.get('format_version')!r}, this code reads {FORMAT_VERSION}"
+            f"{path}: bundle format {manifest.get('format_version')!r}, this code reads {READABLE_FORMATS}"
         )
     return manifest
 
 
+def manifest_kind(manifest: dict) -> str:
+    return manifest.get("model", {}).get("kind", "als")
+
+
 def verify_bundle(path: Path) -> dict:
-    """Check the format version and every file's hash; returns the manifest."""
+    """Check the format, that the manifest lists exactly the files present and every file the
+    bundle's kind needs, and every file's hash; returns the manifest."""
     path = Path(path)
     manifest = read_manifest(path)
-    for name, expected in manifest["files"].items():
-        file = path / name
-        if not file.is_file():
-            raise BundleError(f"{path}: {name} is missing")
-        if _sha256(file) != expected:
+    kind = manifest_kind(manifest)
+    if kind not in KINDS:
+        raise BundleError(f"{path}: unknown model kind {kind!r}")
+    listed = manifest.get("files") or {}
+    present = {p.name for p in path.iterdir() if p.name != MANIFEST}
+    unlisted = sorted(present - set(listed))
+    if unlisted:
+        raise BundleError(f"{path}: {', '.join(unlisted)} not listed in the manifest (refused unverified)")
+    allowed = set(COMMON_FILES) | set(KIND_FILES[kind]) | set(OPTIONAL_FILES)
+    unexpected = sorted(set(listed) - allowed)
+    if unexpected:
+        raise BundleError(f"{path}: unexpected files for a {kind} bundle: {', '.join(unexpected)}")
+    needed = set(COMMON_FILES) | set(KIND_FILES[kind])
+    weighting = manifest.get("fold_in", {}).get("weighting", {})
+    if kind == "als" and weighting.get("scheme") == "bm25":
+        needed.add("bm25_length_norm.npy")
+    missing = sorted((needed - set(listed)) | {n for n in listed if not (path / n).is_file()})
+    if missing:
+        raise BundleError(f"{path}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing")
+    if ("top_rows.npy" in listed) != ("top_scores.npy" in listed):
+        raise BundleError(f"{path}: top_rows.npy and top_scores.npy come together")
+    for name, expected in listed.items():
+        if _sha256(path / name) != expected:
             raise BundleError(f"{path}: {name} is corrupted (sha256 differs from the manifest)")
     return manifest
 
@@ -253,34 +314,39 @@ def load_bundle(path: Path) -> Bundle:
     """Load and validate a bundle; raises :class:`BundleError` on anything wrong."""
     path = Path(path)
     manifest = verify_bundle(path)
-    weighting = Weighting(**manifest["fold_in"]["weighting"])
-    norm_file = path / "bm25_length_norm.npy"
-    has_top = (path / "top_rows.npy").is_file()
+    listed = manifest["files"]
+    kind = manifest_kind(manifest)
+
+    def optional(name: str, read=np.load):
+        return read(path / name) if name in listed else None
+
     bundle = Bundle(
         path=path,
         manifest=manifest,
         item_ids=np.load(path / "item_ids.npy"),
         user_ids=np.load(path / "user_ids.npy"),
-        item_factors=np.load(path / "item_factors.npy"),
-        user_factors=np.load(path / "user_factors.npy"),
         seen=sp.load_npz(path / "seen.npz").tocsr(),
         liked=sp.load_npz(path / "liked.npz").tocsr(),
-        index=faiss.read_index(str(path / "index.faiss")),
         movies=pl.read_parquet(path / "movies.parquet"),
         popularity=json.loads((path / "popularity.json").read_text()),
-        length_norm=np.load(norm_file) if norm_file.is_file() else None,
-        weighting=weighting,
-        top_rows=np.load(path / "top_rows.npy") if has_top else None,
-        top_scores=np.load(path / "top_scores.npy") if has_top else None,
+        kind=kind,
+        item_factors=optional("item_factors.npy"),
+        user_factors=optional("user_factors.npy"),
+        index=optional("index.faiss", lambda p: faiss.read_index(str(p))),
+        item_similarity=optional("item_similarity.npz", lambda p: sp.load_npz(p).tocsr()),
+        held_out=optional("held_out.npz", lambda p: sp.load_npz(p).tocsr()),
+        length_norm=optional("bm25_length_norm.npy"),
+        weighting=Weighting(**manifest["fold_in"]["weighting"]),
+        top_rows=optional("top_rows.npy"),
+        top_scores=optional("top_scores.npy"),
     )
-    if has_top and bundle.top_rows.shape != bundle.top_scores.shape:
+    n_users, n_items = len(bundle.user_ids), len(bundle.item_ids)
+    if bundle.top_rows is not None and bundle.top_rows.shape != bundle.top_scores.shape:
         raise BundleError(f"{path}: top_rows and top_scores differ in shape")
-    if has_top and bundle.top_rows.shape[0] != len(bundle.user_ids):
-        raise BundleError(
-            f"{path}: top_rows has {bundle.top_rows.shape[0]} users, expected {len(bundle.user_ids)}"
-        )
-    if bundle.index.ntotal != len(bundle.item_ids):
-        raise BundleError(
-            f"{path}: index holds {bundle.index.ntotal} vectors, expected {len(bundle.item_ids)}"
-        )
+    if bundle.top_rows is not None and bundle.top_rows.shape[0] != n_users:
+        raise BundleError(f"{path}: top_rows has {bundle.top_rows.shape[0]} users, expected {n_users}")
+    if bundle.index is not None and bundle.index.ntotal != n_items:
+        raise BundleError(f"{path}: index holds {bundle.index.ntotal} vectors, expected {n_items}")
+    if bundle.item_similarity is not None and bundle.item_similarity.shape != (n_items, n_items):
+        raise BundleError(f"{path}: item_similarity is {bundle.item_similarity.shape}, expected {n_items}^2")
     return bundle

@@ -505,6 +505,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         body = Readiness(
             ready=True,
             bundle_version=current.version,
+            model_kind=current.kind,
             dataset=dataset,
             users=len(current.user_ids),
             items=current.n_items,
@@ -541,12 +542,13 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             metrics.fallbacks.labels("unknown_user").inc()
             scored, strategy = current.popular(k, genres, exclude_rows), "popular_fallback"
         else:
-            scored, strategy = current.recommend_user(row, k, exclude_rows, genres, explain), "als"
+            scored, strategy = current.recommend_user(row, k, exclude_rows, genres, explain), current.kind
         served = items(current, scored)
         record(request, current, strategy, k, served, user_id=user_id)
         return JSONResponse(
             {
                 "bundle_version": current.version,
+                "model_kind": current.kind,
                 "strategy": strategy,
                 "user_id": user_id,
                 "items": served,
@@ -577,6 +579,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         return JSONResponse(
             {
                 "bundle_version": current.version,
+                "model_kind": current.kind,
                 "strategy": strategy,
                 "user_id": None,
                 "items": served,

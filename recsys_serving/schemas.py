@@ -6,7 +6,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-Strategy = Literal["als", "fold_in", "popular_fallback"]
+# A known user is ranked by the served model (its kind names the strategy); a new user's liked movies
+# are scored by the same model (``fold_in``); anyone else gets the most popular movies.
+Strategy = Literal["als", "ease", "item_knn", "fold_in", "popular_fallback"]
+ModelKind = Literal["als", "ease", "item_knn"]
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Ids are stored as int64 (numpy, SQLite, JSON encoders): a larger number is a client error.
 Id = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
@@ -19,6 +22,7 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     bundle_version: str | None = None
+    model_kind: ModelKind | None = None
     dataset: str | None = None
     users: int | None = None
     items: int | None = None
@@ -52,6 +56,7 @@ class RecommendedMovie(Movie):
 
 class Recommendations(BaseModel):
     bundle_version: str
+    model_kind: ModelKind = Field(description="the kind of model the served bundle holds")
     strategy: Strategy
     user_id: int | None = None
     items: list[RecommendedMovie]

@@ -11,7 +11,8 @@ import pytest
 import scipy.sparse as sp
 
 from recsys_assets.modeling.index import build_index
-from recsys_serving.bundle import BundleError, load_bundle, top_unseen, verify_bundle, write_bundle
+from recsys_serving.bundle import BundleError, load_bundle, verify_bundle, write_bundle
+from recsys_serving.models import ItemItemModel, top_unseen
 from recsys_serving.confidence import Weighting
 
 BM25 = Weighting("bm25")
@@ -35,6 +36,7 @@ def _write(root: Path, weighting: Weighting = BM25) -> tuple[Path, dict]:
     )
     path = write_bundle(
         root,
+        kind="als",
         item_ids=item_ids,
         user_ids=user_ids,
         item_factors=items,
@@ -103,18 +105,95 @@ def test_each_bundle_is_a_new_version(tmp_path: Path) -> None:
     assert not (first / "bm25_length_norm.npy").exists()
 
 
+class _Dense:
+    def __init__(self, scores: np.ndarray):
+        self.all = scores
+
+    def user_scores(self, start: int, stop: int) -> np.ndarray:
+        return self.all[start:stop]
+
+
 def test_top_unseen_ranks_exactly_and_pads_short_lists() -> None:
     rng = np.random.default_rng(1)
     users, items = rng.normal(size=(7, 3)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)
     seen = sp.random(7, 5, density=0.4, format="csr", random_state=2)
-    rows, scores = top_unseen(users, items, seen, n=4, chunk_users=3)  # chunks split the users
+    all_scores = users @ items.T
+    all_scores[0, [1, 3]] = all_scores[0, 0]  # a tie: the lower row comes first
+    rows, scores = top_unseen(_Dense(all_scores), 7, 5, seen, n=4, chunk_users=3)  # chunks split the users
     assert rows.shape == scores.shape == (7, 4)
     for u in range(7):
-        exact = users[u] @ items.T
+        exact = all_scores[u].copy()
         exact[seen[u].indices] = -np.inf
         unseen = int(np.isfinite(exact).sum())
-        order = np.argsort(-exact, kind="stable")[: min(4, unseen)]
+        order = np.lexsort((np.arange(5), -exact))[: min(4, unseen)]
         assert rows[u, : len(order)].tolist() == order.tolist()
         np.testing.assert_allclose(scores[u, : len(order)], exact[order], rtol=1e-5, atol=1e-6)
         assert (rows[u, len(order) :] == -1).all()
     assert (rows == -1).any()  # some user has fewer than 4 unseen items: the case is exercised
+
+
+def _write_item_item(root: Path, kind: str = "ease") -> Path:
+    item_ids = np.array([3, 10, 42, 77, 90], dtype=np.int64)
+    user_ids = np.array([1, 2, 5], dtype=np.int64)
+    seen = sp.csr_matrix(np.array([[1, 0, 0, 1, 0], [0, 1, 0, 0, 0], [1, 1, 1, 0, 0]], dtype=np.float32))
+    similarity = sp.csr_matrix(np.random.default_rng(2).normal(size=(5, 5)).astype(np.float32))
+    movies = pl.DataFrame(
+        {"movie_id": item_ids, "title": list("ABCDE"), "year": [None] * 5, "genres": [["Drama"]] * 5},
+        schema_overrides={"year": pl.Int16},
+    )
+    return write_bundle(
+        root,
+        kind=kind,
+        item_ids=item_ids,
+        user_ids=user_ids,
+        seen=seen,
+        liked=seen * 3.0,
+        movies=movies,
+        manifest={},
+        item_similarity=similarity,
+        binary_input=kind == "ease",
+        top_n=3,
+    )
+
+
+@pytest.mark.parametrize("kind", ["ease", "item_knn"])
+def test_item_item_bundle_round_trip(tmp_path: Path, kind: str) -> None:
+    bundle = load_bundle(_write_item_item(tmp_path, kind))
+    assert bundle.kind == kind == bundle.manifest["model"]["kind"]
+    assert (
+        bundle.item_factors is None and bundle.index is None and bundle.manifest["counts"]["factors"] is None
+    )
+    assert not (bundle.path / "index.faiss").exists()
+    model = bundle.model()
+    assert isinstance(model, ItemItemModel) and model.binary_input == (kind == "ease")
+    inputs = bundle.liked.toarray()
+    if kind == "ease":
+        inputs = (inputs > 0).astype(np.float32)
+    expected = inputs @ bundle.item_similarity.toarray()
+    np.testing.assert_allclose(model.user_scores(0, 3), expected, rtol=1e-5)
+    for u in range(3):
+        row = expected[u].copy()
+        row[bundle.seen[u].indices] = -np.inf
+        order = np.lexsort((np.arange(5), -row))[: min(3, int(np.isfinite(row).sum()))]
+        assert bundle.top_rows[u, : len(order)].tolist() == order.tolist()
+
+
+def test_files_the_manifest_does_not_list_are_refused(tmp_path: Path) -> None:
+    """Every file the loader reads is listed and hash-checked: an extra one, even of a name the
+    loader knows, is an error rather than being served unverified."""
+    path = _write_item_item(tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    np.save(path / "bm25_length_norm.npy", np.ones(5, dtype=np.float32))
+    with pytest.raises(BundleError, match="bm25_length_norm.npy not listed in the manifest"):
+        load_bundle(path)
+    (path / "bm25_length_norm.npy").unlink()
+    # A listed optional file is verified like the others.
+    np.save(path / "top_scores.npy", np.zeros((3, 3), dtype=np.float32))
+    with pytest.raises(BundleError, match="top_scores.npy is corrupted"):
+        load_bundle(path)
+    # A file the kind does not use, even listed, is refused.
+    (path / "item_factors.npy").write_bytes(b"x")
+    manifest["files"]["item_factors.npy"] = "0" * 64
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="unexpected files for a ease bundle: item_factors.npy"):
+        load_bundle(path)

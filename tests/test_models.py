@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import faiss
 import numpy as np
 import polars as pl
@@ -12,7 +14,7 @@ from recsys_assets.modeling.index import build_index, index_recall
 from recsys_assets.modeling.matrices import IdMap, to_csr
 from recsys_assets.modeling.recommenders import ALS, EASE, ALSParams
 from recsys_assets.modeling.training import TrainingPlan, train_and_evaluate
-from recsys_assets.modeling.tuning import SearchSpace, sample_trials
+from recsys_assets.modeling.tuning import SearchSpace, search
 from recsys_assets.processing.interactions import InteractionRules, build_interactions
 from recsys_assets.processing.splits import SplitRules, temporal_split
 from recsys_assets.sources.synthetic import SyntheticConfig, generate
@@ -27,25 +29,30 @@ def synthetic_splits() -> dict[str, pl.DataFrame]:
     return temporal_split(interactions, SplitRules(strategy="leave_last_n", n=2))
 
 
-def test_tuned_als_beats_popularity_outside_the_intervals(synthetic_splits) -> None:
-    plan = TrainingPlan(
-        space=SearchSpace(
-            factors=(32, 64),
-            regularization=(0.1,),
-            weighting=("log", "linear"),
-            alpha=(1.0, 4.0),
-            n_trials=4,
-        ),
-        bootstrap_samples=300,
-    )
+SMALL_SPACE = dict(factors=(16, 32), budget_seconds=60.0, max_trials=6, baseline_trials=3, stages=3)
+
+
+def test_tuned_model_beats_popularity_and_serves_the_best_validated_kind(synthetic_splits) -> None:
+    plan = TrainingPlan(space=SearchSpace(**SMALL_SPACE), bootstrap_samples=300)
     model = train_and_evaluate(synthetic_splits, plan)
-    als, popular = model.evaluation.get("als"), model.evaluation.get("most_popular")
+    served, popular = model.evaluation.get(model.kind), model.evaluation.get("most_popular")
     for metric in ("ndcg@10", "recall@10"):
-        assert als.intervals[metric][0] > popular.intervals[metric][1], metric
-    assert als.metrics["ndcg@10"] >= model.evaluation.get("item_knn").metrics["ndcg@10"] * 0.9
-    assert len(model.trials) == 4 and model.params == model.trials[0].params
-    assert model.trials[0].score >= model.trials[-1].score
+        assert served.intervals[metric][0] > popular.intervals[metric][1], metric
+    # Every servable kind was tuned; the served one has the best validation score.
+    assert set(model.search.best) == {"als", "ease", "item_knn"}
+    assert model.kind == max(model.search.best, key=lambda k: model.search.best[k].score)
+    assert model.selection["validation"][model.kind] == model.search.best[model.kind].score
+    assert len([t for t in model.trials if t.kind == "als"]) == 6
+    # The refit ALS uses the best ALS trial's parameters.
+    assert model.params.flat() == {**model.search.best["als"].params, "iterations": model.params.iterations}
     assert model.user_factors.shape == (len(model.ids.user_ids), model.params.factors)
+    assert {r.method for r in model.evaluation.results} == {
+        "als",
+        "most_popular",
+        "item_knn",
+        "ease",
+        "ease_full",
+    }
 
 
 def test_ease_is_skipped_with_a_reason_above_the_cap(synthetic_splits) -> None:
@@ -53,19 +60,51 @@ def test_ease_is_skipped_with_a_reason_above_the_cap(synthetic_splits) -> None:
     model = train_and_evaluate(synthetic_splits, plan)
     assert "ease" in model.evaluation.skipped and "exceed the cap" in model.evaluation.skipped["ease"]
     assert {r.method for r in model.evaluation.results} == {"als", "most_popular", "item_knn"}
+    assert model.kind in ("als", "item_knn") and "ease" not in model.selection["validation"]
 
 
-def test_grid_is_sampled_without_repeats() -> None:
-    space = SearchSpace(
-        factors=(8, 16, 32),
-        regularization=(0.1, 1.0),
-        weighting=("log",),
-        alpha=(1.0, 2.0),
-        n_trials=5,
-    )
-    trials = sample_trials(space, ALSParams())
-    assert len(trials) == 5 and len({t.flat().__repr__() for t in trials}) == 5
-    assert sample_trials(space, ALSParams()) == trials  # seeded
+def test_tuner_is_deterministic_for_a_seed(synthetic_splits) -> None:
+    ids = IdMap.from_frame(synthetic_splits["train"])
+    train, validation = to_csr(synthetic_splits["train"], ids), to_csr(synthetic_splits["validation"], ids)
+    space = SearchSpace(**SMALL_SPACE, seed=3)
+
+    def run():
+        return [
+            (t.kind, t.params, t.score, t.state) for t in search(train, validation, space, ALSParams()).trials
+        ]
+
+    first = run()
+    assert first == run()
+    assert first != [
+        (t.kind, t.params, t.score, t.state)
+        for t in search(train, validation, SearchSpace(**SMALL_SPACE, seed=4), ALSParams()).trials
+    ]
+
+
+def test_tuner_respects_its_time_budget(synthetic_splits) -> None:
+    """A budget far below what the trials need ends the search within about one scoring step."""
+    ids = IdMap.from_frame(synthetic_splits["train"])
+    train, validation = to_csr(synthetic_splits["train"], ids), to_csr(synthetic_splits["validation"], ids)
+    # Time one ALS stage (fit + scoring) at the largest size, the most a trial can overrun by.
+    space = SearchSpace(factors=(256,), budget_seconds=3.0, max_trials=200, baseline_trials=200, stages=5)
+    started = time.perf_counter()
+    result = search(train, validation, space, ALSParams())
+    elapsed = time.perf_counter() - started
+    step = max(t.seconds / max(t.iterations or 1, 1) * 3 for t in result.trials if t.kind == "als")
+    assert result.seconds == pytest.approx(elapsed, rel=0.2)
+    assert elapsed <= space.budget_seconds + 2 * step + 1.0
+    assert len(result.trials) < 200 and any(t.kind == "als" for t in result.trials)
+
+
+def test_pruned_trials_stop_early_and_are_recorded(synthetic_splits) -> None:
+    ids = IdMap.from_frame(synthetic_splits["train"])
+    train, validation = to_csr(synthetic_splits["train"], ids), to_csr(synthetic_splits["validation"], ids)
+    space = SearchSpace(factors=(8, 64), max_trials=14, stages=3, budget_seconds=120, baseline_trials=1)
+    trials = [t for t in search(train, validation, space, ALSParams()).trials if t.kind == "als"]
+    pruned = [t for t in trials if t.state == "pruned"]
+    assert pruned, "the median pruner stopped nothing"
+    assert all(t.iterations < space.iterations for t in pruned)
+    assert all(t.iterations == space.iterations for t in trials if t.state == "complete")
 
 
 @pytest.mark.parametrize("scheme", ["linear", "log", "bm25"])

@@ -39,12 +39,7 @@ ASSETS = [
 ]
 DOWNSTREAM_OF_RATINGS = ASSETS[2:]
 FAST_TRAINING = ALSModelConfig(
-    search_factors=[16, 32],
-    search_regularization=[0.1],
-    search_weighting=["log"],
-    search_alpha=[1.0],
-    n_trials=2,
-    bootstrap_samples=100,
+    search_factors=[16, 32], max_trials=2, baseline_trials=1, tuning_budget_seconds=60, bootstrap_samples=100
 )
 
 
@@ -128,14 +123,22 @@ def test_full_graph_on_synthetic_data(tmp_path: Path) -> None:
     assert len(items) == len(pl.read_parquet(assets_dir / "raw_movies.parquet"))
     assert not list(assets_dir.glob(".*")), "temporary files left behind"
 
-    # Training: ALS beside the baselines, tracked in MLflow, bundle registered as challenger.
+    # Training: every kind tuned and tested, the best on validation served, tracked in MLflow,
+    # the bundle registered as challenger.
     model_meta = metadata["als_model"]
-    assert model_meta["als_ndcg@10"].value > model_meta["most_popular_ndcg@10"].value
-    assert "item_knn" in model_meta["test_metrics"].value and "ease" in model_meta["test_metrics"].value
+    served_kind = model_meta["served_kind"].value
+    validation = {k: model_meta[f"validation_{k}_ndcg@10"].value for k in ("als", "ease", "item_knn")}
+    assert served_kind == max(validation, key=validation.get)
+    assert model_meta["served_ndcg@10"].value == model_meta[f"{served_kind}_ndcg@10"].value
+    assert model_meta["served_ndcg@10"].value > model_meta["most_popular_ndcg@10"].value
+    assert "item_knn" in model_meta["test_metrics"].value and "ease_full" in model_meta["test_metrics"].value
     assert "data:image/png;base64" in model_meta["ndcg_chart"].value
+    assert model_meta["tuning_trials"].value == 4 and model_meta["tuning_budget_seconds"].value == 60
     client = mlflow_client(tmp_path)
     runs = client.search_runs([client.get_experiment_by_name("movielens-recsys").experiment_id])
-    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}  # parent + 2 trials
+    assert len(runs) == 5 and {r.info.status for r in runs} == {"FINISHED"}  # parent + 4 trials
+    trial_kinds = sorted(r.data.tags["model_kind"] for r in runs if "mlflow.parentRunId" in r.data.tags)
+    assert trial_kinds == ["als", "als", "ease", "item_knn"]
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     assert parent.data.tags["dagster.run_id"] == result.run_id
     assert parent.data.tags["dagster.asset_key"] == "als_model"
@@ -148,6 +151,7 @@ def test_full_graph_on_synthetic_data(tmp_path: Path) -> None:
     assert version.tags["dataset_fingerprint"] == parent.data.tags["dataset_fingerprint"]
     assert version.run_id == parent.info.run_id
     bundle = load_bundle(Path(bundle_meta["bundle_path"].value))
+    assert bundle.kind == served_kind == version.tags["model_kind"] == parent.data.tags["model_kind"]
     assert bundle.manifest["mlflow_run_id"] == parent.info.run_id
     assert bundle.manifest["dataset"]["fingerprint"] == version.tags["dataset_fingerprint"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "bundle")}

@@ -51,8 +51,10 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"ratings": ratings, "movies": movies, "splits": splits}
 
 
-def build(root: Path, dataset: dict, factors: int) -> Path:
-    plan = TrainingPlan(als=ALSParams(factors=factors, iterations=5), tune=False, bootstrap_samples=0)
+def build(root: Path, dataset: dict, factors: int, kind: str = "als") -> Path:
+    plan = TrainingPlan(
+        als=ALSParams(factors=factors, iterations=5), tune=False, bootstrap_samples=0, model_kind=kind
+    )
     model = train_and_evaluate(dataset["splits"], plan, info=lambda _: None)
     return package_bundle(
         root,
@@ -67,7 +69,12 @@ def build(root: Path, dataset: dict, factors: int) -> Path:
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory: pytest.TempPathFactory, dataset: dict) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bundles")
-    return {"a": build(root, dataset, 8), "b": build(root, dataset, 16)}
+    return {
+        "a": build(root, dataset, 8),
+        "b": build(root, dataset, 16),
+        "ease": build(root, dataset, 8, "ease"),
+        "item_knn": build(root, dataset, 8, "item_knn"),
+    }
 
 
 def free_port() -> int:
@@ -315,6 +322,97 @@ def test_precomputed_lists_and_every_index_kind_rank_like_exact_scores(bundles, 
                 got = engine.recommend_user(user_row, k, excluded, genres, False)
                 np.testing.assert_allclose(got.scores, expected, rtol=1e-4, atol=1e-5)
                 assert not set(got.rows.tolist()) & set(bundle.seen[user_row].indices.tolist())
+
+
+def brute_force(bundle, inputs: np.ndarray) -> np.ndarray:
+    """Scores of one input row (item weights) straight from the saved matrices."""
+    if bundle.kind == "als":
+        raise AssertionError("ALS is checked against its factors")
+    if bundle.binary_input:
+        inputs = (inputs > 0).astype(np.float32)
+    return inputs @ bundle.item_similarity.toarray()
+
+
+def exact_order(scores: np.ndarray, k: int) -> list[int]:
+    """Highest first, ties to the lower row, only finite scores."""
+    order = np.lexsort((np.arange(scores.size), -scores))
+    return [int(r) for r in order[: min(k, int(np.isfinite(scores).sum()))]]
+
+
+@pytest.mark.parametrize("kind", ["ease", "item_knn"])
+def test_item_item_kinds_serve_their_saved_matrix_exactly(bundles, kind: str) -> None:
+    """Known users (precomputed and computed), filters, exact k, explanations, cold start and
+    similar movies all equal brute-force scores from the bundle's own matrices."""
+    bundle = load_bundle(bundles[kind])
+    assert bundle.kind == kind and bundle.item_factors is None
+    n_items = len(bundle.item_ids)
+    precomputed, computed = Engine(bundle), Engine(bundle, use_precomputed=False)
+    genre = precomputed.genre_names[0]
+    similarity = bundle.item_similarity.toarray()
+    rng = np.random.default_rng(0)
+    for user_row in range(0, len(bundle.user_ids), 9):
+        inputs = bundle.liked[user_row].toarray().ravel()
+        base = brute_force(bundle, inputs)
+        base[bundle.seen[user_row].indices] = -np.inf
+        exclude = rng.choice(n_items, 20, replace=False)
+        for k, excluded, genres in [
+            (10, NO_ROWS, []),
+            (20, exclude, []),
+            (10, NO_ROWS, [genre]),
+            (80, NO_ROWS, []),
+        ]:
+            scores = base.copy()
+            scores[excluded] = -np.inf
+            if genres:
+                scores[~precomputed.genre_masks[genre]] = -np.inf
+            expected = exact_order(scores, k)
+            for engine in (precomputed, computed):
+                got = engine.recommend_user(user_row, k, excluded, genres, True)
+                assert got.rows.tolist() == expected
+                np.testing.assert_allclose(got.scores, scores[expected], rtol=1e-4, atol=1e-6)
+                liked = bundle.liked[user_row]
+                values = np.ones(liked.nnz) if bundle.binary_input else liked.data
+                terms = similarity[liked.indices][:, expected] * values[:, None]
+                assert got.because == liked.indices[np.argmax(terms, axis=0)].tolist()
+    # Cold start: the liked movies' rows of the matrix.
+    liked_rows = np.array([3, 17, 40])
+    value = precomputed.liked_value
+    cold = np.zeros(n_items, dtype=np.float32)
+    cold[liked_rows] = value
+    scores = brute_force(bundle, cold)
+    scores[liked_rows] = -np.inf
+    got = precomputed.recommend_liked(liked_rows, 12, [], True)
+    assert got.rows.tolist() == exact_order(scores, 12)
+    terms = similarity[liked_rows][:, got.rows] * (1.0 if bundle.binary_input else value)
+    assert got.because == liked_rows[np.argmax(terms, axis=0)].tolist()
+    # Similar movies: the item's row of the matrix, itself excluded.
+    row = similarity[5].copy()
+    row[5] = -np.inf
+    assert precomputed.similar(5, 7).rows.tolist() == exact_order(row, 7)
+
+
+@pytest.mark.parametrize("kind", ["ease", "item_knn"])
+def test_api_serves_an_item_item_bundle(tmp_path: Path, bundles, kind: str) -> None:
+    root = tmp_path / "bundles"
+    root.mkdir()
+    shutil.copytree(bundles[kind], root / bundles[kind].name)
+    promote(root, bundles[kind].name, reason="test")
+    bundle = load_bundle(bundles[kind])
+    engine = Engine(bundle)
+    with Server(settings_for(root, tmp_path)) as client:
+        assert client.get("/ready").json()["model_kind"] == kind
+        user_id = int(bundle.user_ids[4])
+        body = client.get(f"/users/{user_id}/recommendations", params={"k": 6, "explain": True}).json()
+        assert body["strategy"] == kind and body["model_kind"] == kind
+        expected = engine.recommend_user(4, 6, NO_ROWS, [], True)
+        assert [i["movieId"] for i in body["items"]] == bundle.item_ids[expected.rows].tolist()
+        assert [i["because"]["movieId"] for i in body["items"]] == bundle.item_ids[expected.because].tolist()
+        liked = bundle.item_ids[[1, 2, 3]].tolist()
+        cold = client.post("/recommendations", json={"liked": liked, "k": 5}).json()
+        assert cold["strategy"] == "fold_in" and len(cold["items"]) == 5
+        assert not {i["movieId"] for i in cold["items"]} & set(liked)
+        similar = client.get(f"/movies/{liked[0]}/similar", params={"k": 4}).json()["items"]
+        assert [i["movieId"] for i in similar] == bundle.item_ids[engine.similar(1, 4).rows].tolist()
 
 
 def test_rate_limit_and_admin_key(tmp_path: Path, bundles) -> None:

@@ -35,7 +35,7 @@ from recsys_assets.streaming.simulator import parse_faults, simulate
 from recsys_serving.promotion import promoted_version
 
 FAST = ALSModelConfig(tune=False, factors=32, iterations=10, bootstrap_samples=50)
-WORSE = ALSModelConfig(tune=False, factors=1, iterations=1, bootstrap_samples=50)
+WORSE = ALSModelConfig(model_kind="als", tune=False, factors=1, iterations=1, bootstrap_samples=50)
 BATCH_ASSETS = [rating_batch, drift_report, *stream_definitions.upstream]
 RETRAIN = dg.AssetSelection.assets("training_ratings").downstream()
 

@@ -24,6 +24,10 @@ MODEL_GROUP = "modeling"
 
 
 class ALSModelConfig(dg.Config):
+    """ALS parameters (used as given when ``tune`` is off), the search over every servable kind,
+    and which kind the bundle serves (``model_kind: auto`` = the best on validation)."""
+
+    model_kind: Literal["auto", "als", "ease", "item_knn"] = "auto"
     factors: int = 64
     regularization: float = 0.1
     iterations: int = 15
@@ -33,16 +37,22 @@ class ALSModelConfig(dg.Config):
     seed: int = 42
     use_gpu: bool = False
     tune: bool = True
-    search_factors: list[int] = [32, 64, 128]
-    search_regularization: list[float] = [0.01, 0.1, 1.0]
-    search_iterations: list[int] = [15]
-    search_weighting: list[str] = ["bm25", "log", "linear"]
-    search_alpha: list[float] = [1.0, 4.0, 16.0]
-    n_trials: int = 12
+    tuning_budget_seconds: float = Field(120.0, gt=0)
+    max_trials: int = Field(40, ge=1)  # ALS trials
+    baseline_trials: int = Field(8, ge=1)  # trials of each item-item kind (EASE, item-kNN)
+    tuning_users: int = Field(10_000, ge=10)
+    search_factors: list[int] = [32, 64, 128, 256]
+    # Ranges are [low, high], searched on a log scale.
+    search_regularization: list[float] = [0.01, 100.0]
+    search_alpha: list[float] = [0.1, 30.0]
+    search_weighting: list[str] = ["linear", "log", "bm25"]
+    search_ease_l2: list[float] = [1.0, 20_000.0]
+    search_knn_neighbours: list[int] = [10, 500]
     primary_metric: str = "ndcg@10"
     knn_neighbours: int = 100
-    ease_l2: float = 500.0
+    ease_l2: float = 100.0
     ease_max_items: int = 15_000
+    ease_neighbours: int = Field(500, ge=1)
     bootstrap_samples: int = 1000
 
     def plan(self) -> TrainingPlan:
@@ -59,19 +69,33 @@ class ALSModelConfig(dg.Config):
             tune=self.tune,
             space=SearchSpace(
                 factors=tuple(self.search_factors),
-                regularization=tuple(self.search_regularization),
-                iterations=tuple(self.search_iterations),
+                regularization=_range(self.search_regularization, "search_regularization"),
+                alpha=_range(self.search_alpha, "search_alpha"),
                 weighting=tuple(self.search_weighting),
-                alpha=tuple(self.search_alpha),
-                n_trials=self.n_trials,
+                iterations=self.iterations,
+                ease_l2=_range(self.search_ease_l2, "search_ease_l2"),
+                knn_neighbours=_range(self.search_knn_neighbours, "search_knn_neighbours"),
+                budget_seconds=self.tuning_budget_seconds,
+                max_trials=self.max_trials,
+                baseline_trials=self.baseline_trials,
+                max_users=self.tuning_users,
                 seed=self.seed,
             ),
             primary_metric=self.primary_metric,
+            model_kind=self.model_kind,
             knn_neighbours=self.knn_neighbours,
             ease_l2=self.ease_l2,
             ease_max_items=self.ease_max_items,
+            ease_neighbours=self.ease_neighbours,
             bootstrap_samples=self.bootstrap_samples,
+            validation_users=self.tuning_users,
         )
+
+
+def _range(values: list, name: str) -> tuple:
+    if len(values) != 2 or values[0] > values[1]:
+        raise ValueError(f"{name} must be [low, high], got {values}")
+    return (values[0], values[1])
 
 
 def _mlflow_metrics(metrics: dict[str, float], prefix: str = "") -> dict[str, float]:
@@ -86,8 +110,10 @@ def als_model(
     temporal_splits: dict[str, pl.DataFrame],
     mlflow_tracking: MLflowTracking,
 ) -> TrainedModel:
-    """implicit ALS, tuned on validation and refit on train+validation, evaluated on test beside
-    most-popular, item-kNN (BM25) and EASE. Every run and tuning trial is tracked in MLflow."""
+    """The served model and its evidence: ALS, item-kNN and EASE tuned on validation within a time
+    budget (Optuna), the kind that validates best chosen for serving, every method refit on
+    train+validation and evaluated on test beside most-popular. ALS is always trained (the FAISS
+    index is built from it). Every run and tuning trial is tracked in MLflow."""
     plan = config.plan()
     source = upstream_source(context)
     client = mlflow_tracking.client()
@@ -100,14 +126,16 @@ def als_model(
 
         def on_trial(number: int, trial: Trial) -> None:
             context.log.info(
-                f"trial {number + 1}: {plan.primary_metric}={trial.score:.4f} ({trial.seconds:.1f}s) "
-                f"{trial.params.flat()}"
+                f"trial {number + 1} ({trial.kind}, {trial.state}): {plan.primary_metric}={trial.score:.4f} "
+                f"({trial.seconds:.1f}s) {trial.params}"
             )
-            with mlflow_tracking.run(f"trial-{number + 1}", tags, parent_run_id=run_id) as trial_id:
-                params = {k: str(v) for k, v in trial.params.flat().items()}
+            trial_tags = {**tags, "model_kind": trial.kind, "trial_state": trial.state}
+            with mlflow_tracking.run(
+                f"trial-{number + 1}-{trial.kind}", trial_tags, parent_run_id=run_id
+            ) as trial_id:
                 client.log_batch(
                     trial_id,
-                    params=[_param(k, v) for k, v in params.items()],
+                    params=[_param(k, str(v)) for k, v in {"kind": trial.kind, **trial.params}.items()],
                     metrics=[_metric(k, v) for k, v in _mlflow_metrics(trial.metrics, "val_").items()],
                 )
 
@@ -124,9 +152,12 @@ def als_model(
         )
         model.mlflow_run_id = run_id
         client.set_tag(run_id, "dataset_fingerprint", model.dataset_fingerprint)
+        client.set_tag(run_id, "model_kind", model.kind)
         client.log_batch(
             run_id,
-            params=[_param(k, str(v)) for k, v in model.params.flat().items()],
+            params=[_param(k, str(v)) for k, v in model.params.flat().items()]
+            + [_param("served_kind", model.kind)]
+            + [_param(f"served_{k}", str(v)) for k, v in model.kind_params.items() if model.kind != "als"],
             metrics=[
                 _metric(k, v)
                 for result in model.evaluation.results
@@ -135,40 +166,73 @@ def als_model(
             + [_metric(k, float(v)) for k, v in model.split_stats.items()],
         )
 
-    als = model.evaluation.get("als").metrics
-    metadata = {
+    context.add_output_metadata(model_metadata(model, plan.primary_metric, source, run_id))
+    return model
+
+
+def model_metadata(model: TrainedModel, metric: str, source: str, run_id: str) -> dict:
+    """What the UI shows for a trained model: the served kind and why, every method's test
+    metrics, and the search (budget, time, trials)."""
+    served = model.test_metrics
+    check = model.selection["test_check"]
+    metadata: dict = {
         "data_source": source,
         "dataset_fingerprint": model.dataset_fingerprint,
         "mlflow_run_id": run_id,
+        "served_kind": model.kind,
+        "selection_reason": model.selection["reason"],
+        "served_parameters": dg.MetadataValue.json(model.kind_params),
+        **{f"validation_{kind}_{metric}": value for kind, value in model.selection["validation"].items()},
+        **{f"served_{k}": v for k, v in served.items() if k.endswith("@10")},
+        "test_confirms_choice": check["confirmed"],
+        "test_check": dg.MetadataValue.json(check),
         "users": len(model.ids.user_ids),
         "items": len(model.ids.item_ids),
         "factors": model.params.factors,
         "fit_seconds": model.fit_seconds,
         "evaluation_users": model.evaluation.users,
         **{k: float(v) for k, v in model.split_stats.items()},
-        **{f"als_{k}": v for k, v in als.items() if k.endswith("@10")},
-        **{
-            f"{r.method}_ndcg@10": r.metrics["ndcg@10"] for r in model.evaluation.results if r.method != "als"
-        },
+        **{f"{r.method}_{metric}": r.metrics[metric] for r in model.evaluation.results},
         "test_metrics": dg.MetadataValue.md(model.evaluation.markdown()),
         "ndcg_chart": dg.MetadataValue.md(methods_chart(model.evaluation)),
-        "parameters": dg.MetadataValue.json(model.params.flat()),
+        "als_parameters": dg.MetadataValue.json(model.params.flat()),
     }
-    if model.trials:
-        trials = pl.DataFrame(
-            [{**t.params.flat(), plan.primary_metric: t.score, "seconds": t.seconds} for t in model.trials]
-        ).select(
-            "factors",
-            "regularization",
-            "iterations",
-            "weighting_scheme",
-            "weighting_alpha",
-            plan.primary_metric,
-            "seconds",
+    if model.search:
+        search = model.search
+        metadata.update(
+            {
+                "tuning_budget_seconds": search.budget_seconds,
+                "tuning_seconds": round(search.seconds, 1),
+                "tuning_trials": len(search.trials),
+                "tuning_pruned_trials": sum(t.state == "pruned" for t in search.trials),
+                "tuning_validation_users": search.users,
+                "best_trials": dg.MetadataValue.json(
+                    {kind: {"score": t.score, **t.params} for kind, t in search.best.items()}
+                ),
+                "trials": dg.MetadataValue.md(trials_table(search.trials, metric)),
+            }
         )
-        metadata["tuning_trials"] = dg.MetadataValue.md(markdown_table(trials, 50))
-    context.add_output_metadata(metadata)
-    return model
+    return metadata
+
+
+def trials_table(trials: list[Trial], metric: str) -> str:
+    rows = [
+        {
+            "kind": t.kind,
+            "state": t.state,
+            metric: round(t.score, 5),
+            "seconds": round(t.seconds, 2),
+            "parameters": ", ".join(
+                f"{k.removeprefix('weighting_')}={v:.4g}"
+                if isinstance(v, float)
+                else f"{k.removeprefix('weighting_')}={v}"
+                for k, v in t.params.items()
+                if k not in ("seed", "use_gpu", "weighting_epsilon", "weighting_bm25_k1", "weighting_bm25_b")
+            ),
+        }
+        for t in sorted(trials, key=lambda t: -t.score)
+    ]
+    return markdown_table(pl.DataFrame(rows), 60)
 
 
 def _param(key: str, value: str) -> Param:
@@ -260,15 +324,17 @@ def production_bundle(
     mlflow_tracking: MLflowTracking,
     bundle_store: BundleStore,
 ) -> dict:
-    """An immutable, versioned bundle (factors, index, id maps, seen items, movies, popularity,
-    fold-in settings, manifest with hashes), logged to the training run in MLflow and registered
-    as a new version of the model with the ``challenger`` alias. ``promotion_decision`` decides
-    whether it is served."""
+    """An immutable, versioned bundle of the chosen model kind (ALS factors and the FAISS index, or
+    the sparse EASE / item-kNN matrix), with id maps, seen and liked items, movies, popularity,
+    precomputed lists and a manifest with hashes; logged to the training run in MLflow and
+    registered as a new version of the model with the ``challenger`` alias.
+    ``promotion_decision`` decides whether it is served."""
     manifest = {
         "model": {
             "name": mlflow_tracking.registered_model,
-            "algorithm": "implicit-als",
-            "params": als_model.params.flat(),
+            "kind": als_model.kind,
+            "params": als_model.kind_params,
+            "selection": als_model.selection,
         },
         "code_version": _code_version(),
         "dataset": {
@@ -276,10 +342,11 @@ def production_bundle(
             "fingerprint": als_model.dataset_fingerprint,
         },
         "metrics": {r.method: r.metrics for r in als_model.evaluation.results},
-        "index": {"kind": faiss_index.kind, **faiss_index.settings},
         "mlflow_run_id": als_model.mlflow_run_id,
         "dagster_run_id": context.run.run_id,
     }
+    if als_model.kind == "als":
+        manifest["index"] = {"kind": faiss_index.kind, **faiss_index.settings}
     path = package_bundle(
         bundle_store.path(),
         als_model,
@@ -296,7 +363,9 @@ def production_bundle(
     client.set_tag(als_model.mlflow_run_id, "bundle_version", version)
     name = mlflow_tracking.registered_model
     if client.search_registered_models(filter_string=f"name = '{name}'") == []:
-        client.create_registered_model(name, description="implicit ALS on MovieLens, as production bundles")
+        client.create_registered_model(
+            name, description="MovieLens recommender bundles (ALS, EASE or item-kNN, as validated)"
+        )
     artifact_uri = client.get_run(als_model.mlflow_run_id).info.artifact_uri
     ndcg = als_model.test_metrics["ndcg@10"]
     registered = client.create_model_version(
@@ -307,6 +376,7 @@ def production_bundle(
             "bundle_version": version,
             "bundle_path": str(path),
             "dataset_fingerprint": als_model.dataset_fingerprint,
+            "model_kind": als_model.kind,
             "dagster.run_id": context.run.run_id,
             "dagster.asset_key": context.asset_key.to_user_string(),
             "test_ndcg_at_10": f"{ndcg:.6f}",
@@ -318,6 +388,7 @@ def production_bundle(
         {
             "data_source": upstream_source(context),
             "bundle_version": version,
+            "model_kind": als_model.kind,
             "bundle_path": dg.MetadataValue.path(str(path)),
             "size_mb": round(size / 1e6, 2),
             "registered_model": name,
@@ -333,6 +404,7 @@ def production_bundle(
         "path": str(path),
         "model_version": registered.version,
         "mlflow_run_id": als_model.mlflow_run_id,
+        "model_kind": als_model.kind,
     }
 
 

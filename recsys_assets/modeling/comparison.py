@@ -1,10 +1,12 @@
 """Champion against challenger on the same held-out window, each scored the way it would serve.
 
-The window is the challenger's test split (each user's most recent interactions) minus every
-(user, movie) pair either bundle trained on, so neither model has seen it. Both rank their own
-catalogue for the same users with the same history excluded: known users by ALS scores, users a
-bundle does not know by its popularity ranking (the service's fallback). The same bootstrap
-resamples of users give paired 95% intervals.
+The window is the challenger's test split (each user's most recent interactions, which its model
+was not fitted on) minus every (user, movie) pair the champion was fitted on, so neither model has
+seen it. Both models get the same input for each window user, their history outside the test split,
+and rank their own catalogue with that history excluded: ALS solves the user's factors from it
+(the fold-in a server does), an item-item model multiplies it by its matrix, and a user with no
+history in a bundle's catalogue gets its popularity ranking (the service's fallback). The same
+bootstrap resamples of users give paired 95% intervals.
 """
 
 from __future__ import annotations
@@ -13,48 +15,54 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from recsys_serving.bundle import Bundle
+from recsys_serving.confidence import confidence_matrix
+from recsys_serving.models import ItemItemModel
 
 from .evaluation import KS, Evaluation, MethodResult, bootstrap_ci, hit_matrix, per_user_metrics, top_k
 from .matrices import IdMap, to_csr
+from .recommenders import solve_users
 
 
 @dataclass
 class BundleScorer:
-    """A bundle as a :class:`~.recommenders.Recommender` over a fixed list of users."""
+    """A bundle as a :class:`~.recommenders.Recommender`: scores from each user's input row."""
 
     name: str
     bundle: Bundle
-    user_rows: np.ndarray  # per evaluation user: row in the bundle's user factors, -1 if unknown
 
     def __post_init__(self) -> None:
         counts = self.bundle.seen.getnnz(axis=0).astype(np.float32)
         self.popularity = counts / max(float(counts.max(initial=0.0)), 1.0)
 
-    def scores(self, users: np.ndarray, user_items) -> np.ndarray:
-        rows = self.user_rows[users]
-        known = rows >= 0
-        out = np.empty((len(users), len(self.bundle.item_ids)), dtype=np.float32)
-        out[known] = self.bundle.user_factors[rows[known]] @ self.bundle.item_factors.T
-        out[~known] = self.popularity
+    def scores(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        bundle = self.bundle
+        inputs = user_items[users].tocsr()
+        if bundle.kind == "als":
+            confidence = confidence_matrix(inputs, bundle.weighting, bundle.length_norm)
+            factors = solve_users(bundle.item_factors, confidence, bundle.regularization)
+            out = factors @ bundle.item_factors.T
+        else:
+            model = ItemItemModel(bundle.kind, bundle.item_similarity, inputs, bundle.binary_input)
+            out = model.scores_of(inputs)
+        out[inputs.getnnz(axis=1) == 0] = self.popularity
         return out
 
 
-def trained_pairs(bundle: Bundle) -> pl.DataFrame:
+def fitted_pairs(bundle: Bundle) -> pl.DataFrame:
     """The (user, movie) pairs a bundle's model was fitted on."""
-    rows, cols = bundle.liked.nonzero()
+    rows, cols = bundle.fitted_pairs().nonzero()
     return pl.DataFrame(
         {"user_id": bundle.user_ids[rows], "movie_id": bundle.item_ids[cols]},
         schema={"user_id": pl.Int64, "movie_id": pl.Int64},
     )
 
 
-def held_out_window(test: pl.DataFrame, bundles: list[Bundle]) -> pl.DataFrame:
+def held_out_window(test: pl.DataFrame, champion: Bundle) -> pl.DataFrame:
     pairs = test.select(pl.col("user_id").cast(pl.Int64), pl.col("movie_id").cast(pl.Int64), "timestamp")
-    for bundle in bundles:
-        pairs = pairs.join(trained_pairs(bundle), on=["user_id", "movie_id"], how="anti")
-    return pairs
+    return pairs.join(fitted_pairs(champion), on=["user_id", "movie_id"], how="anti")
 
 
 @dataclass
@@ -79,7 +87,7 @@ def compare_bundles(
 ) -> Comparison:
     """Metrics of ``champion`` and ``challenger`` on the window; ``history`` is every interaction
     outside the test split (excluded from both rankings, and the users must have some)."""
-    window = held_out_window(test, [champion, challenger])
+    window = held_out_window(test, champion)
     users = np.intersect1d(
         window["user_id"].unique().to_numpy(), history["user_id"].unique().to_numpy().astype(np.int64)
     )
@@ -88,14 +96,13 @@ def compare_bundles(
     n_relevant = relevant.getnnz(axis=1)
     results = []
     for name, bundle in (("champion", champion), ("challenger", challenger)):
-        bundle_ids = IdMap(bundle.user_ids, bundle.item_ids)
-        scorer = BundleScorer(name, bundle, bundle_ids.user_index(users))
-        seen = to_csr(history, IdMap(users, bundle.item_ids), value=None)
-        top = top_k(scorer, np.arange(len(users)), seen, max(ks))
+        scorer = BundleScorer(name, bundle)
+        inputs = to_csr(history, IdMap(users, bundle.item_ids))
+        top = top_k(scorer, np.arange(len(users)), inputs, max(ks))
         as_catalogue = np.where(top >= 0, np.searchsorted(catalogue, bundle.item_ids[np.maximum(top, 0)]), -1)
         values = per_user_metrics(hit_matrix(as_catalogue, relevant), n_relevant, ks)
         metrics = {metric: float(array.mean()) for metric, array in values.items()}
-        metrics["known_user_share"] = float((scorer.user_rows >= 0).mean()) if len(users) else 0.0
+        metrics["known_user_share"] = float((inputs.getnnz(axis=1) > 0).mean()) if len(users) else 0.0
         results.append(MethodResult(name, metrics, bootstrap_ci(values, n_boot, seed)))
     timestamps = window.filter(pl.col("user_id").is_in(users.tolist()))["timestamp"]
     return Comparison(

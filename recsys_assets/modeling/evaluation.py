@@ -169,6 +169,13 @@ def evaluation_users(train: sp.csr_matrix, test: sp.csr_matrix) -> np.ndarray:
     return np.flatnonzero((train.getnnz(axis=1) > 0) & (test.getnnz(axis=1) > 0))
 
 
+def sample_users(users: np.ndarray, max_users: int | None, seed: int = 0) -> np.ndarray:
+    """At most ``max_users`` of ``users``, a fixed seeded sample (sorted), or all of them."""
+    if max_users is None or len(users) <= max_users:
+        return users
+    return np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
+
+
 def evaluate(
     models: list[Recommender],
     train: sp.csr_matrix,
@@ -176,8 +183,10 @@ def evaluate(
     ks: tuple[int, ...] = KS,
     n_boot: int = 1000,
     seed: int = 0,
+    max_users: int | None = None,
 ) -> Evaluation:
-    users = evaluation_users(train, test)
+    """Every model on the same warm users (a seeded sample of ``max_users`` when given)."""
+    users = sample_users(evaluation_users(train, test), max_users, seed)
     relevant = test[users]
     n_relevant = relevant.getnnz(axis=1)
     results = []

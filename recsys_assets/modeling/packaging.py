@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from recsys_serving.bundle import write_bundle
+from recsys_serving.confidence import confidence_matrix
 
 from .index import build_index
-from .matrices import to_csr
+from .matrices import IdMap, to_csr
+from .recommenders import solve_users
 from .training import TrainedModel
 
 
@@ -23,24 +26,49 @@ def package_bundle(
     index=None,
     top_n: int = 50,
 ) -> Path:
-    """Write a bundle: seen = every movie a user rated, liked = the training weights, and each
-    user's ``top_n`` best unseen items ranked in advance (0: none)."""
-    seen = to_csr(ratings, model.ids, value=None)
+    """Write a bundle of the model's chosen kind over the model's catalogue.
+
+    Its users are everyone with an interaction in any split, and each user's input (``liked``) is
+    every interaction they have, test split included: the test split only held them out to measure
+    the model, and a user's latest movies say most about the next ones (``held_out`` marks them, so
+    a later comparison knows what the model was not fitted on). ALS user factors are solved again
+    from that whole history with the fitted item factors. ``seen`` is every movie a user
+    rated; ``top_n`` > 0 ranks each user's best unseen items in advance.
+    """
+    history = pl.concat([splits[name] for name in ("train", "validation", "test")])
+    users = np.union1d(model.ids.user_ids, history["user_id"].unique().to_numpy().astype(np.int64))
+    ids = IdMap(users, model.ids.item_ids)
+    seen = to_csr(ratings, ids, value=None)
     seen.data[:] = 1.0
-    liked = to_csr(pl.concat([splits["train"], splits["validation"]]), model.ids)
-    return write_bundle(
-        root,
-        item_ids=model.ids.item_ids,
-        user_ids=model.ids.user_ids,
-        item_factors=model.item_factors,
-        user_factors=model.user_factors,
+    liked = to_csr(history, ids)
+    held_out = to_csr(splits["test"], ids, value=None)
+    common = dict(
+        kind=model.kind,
+        item_ids=ids.item_ids,
+        user_ids=ids.user_ids,
         seen=seen,
         liked=liked,
-        index=index if index is not None else build_index(model.item_factors, model.ids.item_ids),
+        held_out=held_out,
         movies=movies,
-        weighting=model.params.weighting,
-        regularization=model.params.regularization,
-        length_norm=model.length_norm,
         manifest=manifest,
         top_n=top_n,
+    )
+    if model.kind != "als":
+        return write_bundle(
+            root, **common, item_similarity=model.item_similarity, binary_input=model.binary_input
+        )
+    weighting = model.params.weighting
+    return write_bundle(
+        root,
+        **common,
+        item_factors=model.item_factors,
+        user_factors=solve_users(
+            model.item_factors,
+            confidence_matrix(liked, weighting, model.length_norm),
+            model.params.regularization,
+        ),
+        index=index if index is not None else build_index(model.item_factors, ids.item_ids),
+        weighting=weighting,
+        regularization=model.params.regularization,
+        length_norm=model.length_norm,
     )

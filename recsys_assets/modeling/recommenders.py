@@ -1,14 +1,15 @@
 """Recommenders sharing one interface: fit on users x items, score a batch of users densely.
 
-ALS (implicit, CPU unless the GPU is asked for), and the baselines it must beat: most-popular,
-item-kNN (implicit's BM25 recommender) and EASE (Steck 2019, closed form).
+ALS (implicit, CPU unless the GPU is asked for), most-popular, item-kNN (implicit's BM25
+recommender) and EASE (Steck 2019, closed form). ALS, item-kNN and EASE can each be served: the
+item-item ones through :class:`SparseItemItem`, the form a bundle holds.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -94,6 +95,41 @@ class EASE:
     def scores(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
         return np.asarray((user_items[users] > 0).astype(np.float32) @ self.weights)
 
+    def pruned(self, neighbours: int) -> sp.csr_matrix:
+        """The weights with each row cut to its ``neighbours`` largest entries by magnitude: a
+        sparse matrix a bundle can hold and a server can multiply. Negative weights are kept when
+        they are strong (they push items down); the NDCG this costs is in the test table
+        (``ease`` against ``ease_full``)."""
+        return top_per_row(self.weights, neighbours)
+
+
+def top_per_row(dense: np.ndarray, keep: int) -> sp.csr_matrix:
+    """A CSR matrix with each row's ``keep`` entries of ``dense`` largest in magnitude."""
+    n_rows, n_cols = dense.shape
+    keep = min(keep, n_cols)
+    columns = np.argpartition(-np.abs(dense), keep - 1, axis=1)[:, :keep]
+    values = np.take_along_axis(dense, columns, axis=1)
+    rows = np.repeat(np.arange(n_rows), keep)
+    matrix = sp.csr_matrix((values.ravel(), (rows, columns.ravel())), shape=dense.shape, dtype=np.float32)
+    matrix.eliminate_zeros()
+    return matrix
+
+
+class SparseItemItem:
+    """An item-item model as served: scores = (user's liked row, binarised for EASE) @ S."""
+
+    def __init__(self, name: str, similarity: sp.csr_matrix, binary_input: bool):
+        self.name, self.similarity, self.binary_input = name, similarity.tocsr(), binary_input
+
+    def fit(self, user_items: sp.csr_matrix) -> None:
+        """Already fitted: S comes from an EASE or item-kNN fit."""
+
+    def scores(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
+        inputs = user_items[users].astype(np.float32)
+        if self.binary_input:
+            inputs.data[:] = 1.0
+        return (inputs @ self.similarity).toarray()
+
 
 @dataclass(frozen=True)
 class ALSParams:
@@ -142,23 +178,53 @@ class ALS:
         return CpuAlternatingLeastSquares(**kwargs, num_threads=0)
 
     def fit(self, user_items: sp.csr_matrix) -> None:
+        for _ in self.fit_in_stages(user_items, [self.params.iterations]):
+            pass
+
+    def fit_in_stages(self, user_items: sp.csr_matrix, checkpoints: list[int]) -> Iterator[int]:
+        """Fit, stopping at each checkpoint (cumulative iterations) with the factors so far set:
+        the tuner scores a trial part-way and stops a hopeless one early. implicit continues
+        from the factors it already holds, so the stages add up to one uninterrupted fit."""
         weighting = self.params.weighting
         self.length_norm = item_length_norm(user_items, weighting) if weighting.scheme == "bm25" else None
         confidence = confidence_matrix(user_items, weighting, self.length_norm)
         started = time.perf_counter()
+        model = self._model()
+        done = 0
+        for checkpoint in checkpoints:
 
-        def callback(iteration: int, elapsed: float, loss: float | None) -> None:
-            if self.on_iteration:
-                self.on_iteration(iteration, time.perf_counter() - started, loss)
+            def callback(iteration: int, elapsed: float, loss: float | None, offset: int = done) -> None:
+                if self.on_iteration:
+                    self.on_iteration(offset + iteration, time.perf_counter() - started, loss)
 
-        # OpenBLAS threads fight implicit's own threads and make ALS many times slower.
-        with threadpool_limits(1, "blas"):
-            model = self._model()
-            model.fit(confidence, show_progress=False, callback=callback)
-        if self.params.use_gpu:
-            model = model.to_cpu()
-        self.user_factors = np.ascontiguousarray(model.user_factors, dtype=np.float32)
-        self.item_factors = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+            model.iterations = checkpoint - done
+            # OpenBLAS threads fight implicit's own threads and make ALS many times slower.
+            with threadpool_limits(1, "blas"):
+                model.fit(confidence, show_progress=False, callback=callback)
+            done = checkpoint
+            fitted = model.to_cpu() if self.params.use_gpu else model
+            self.user_factors = np.ascontiguousarray(fitted.user_factors, dtype=np.float32)
+            self.item_factors = np.ascontiguousarray(fitted.item_factors, dtype=np.float32)
+            yield done
+
+    def user_factors_for(self, user_items: sp.csr_matrix) -> np.ndarray:
+        """Every user's factors solved exactly from their interactions with the fitted item factors
+        (one ALS user step), e.g. from a longer history than the fit saw."""
+        confidence = confidence_matrix(user_items, self.params.weighting, self.length_norm)
+        return solve_users(self.item_factors, confidence, self.params.regularization)
 
     def scores(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
         return self.user_factors[users] @ self.item_factors.T
+
+
+def solve_users(item_factors: np.ndarray, confidence: sp.csr_matrix, regularization: float) -> np.ndarray:
+    """Each row's ALS user factors given item factors: the least-squares step implicit itself takes
+    (and ``recsys_serving.confidence.fold_in`` takes for one user), batched in implicit's C++."""
+    model = CpuAlternatingLeastSquares(
+        factors=item_factors.shape[1], regularization=regularization, alpha=1.0, num_threads=0
+    )
+    model.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+    users = np.arange(confidence.shape[0])
+    with threadpool_limits(1, "blas"):
+        solved = model.recalculate_user(users, confidence.tocsr().astype(np.float32))
+    return np.ascontiguousarray(solved, dtype=np.float32)

@@ -1,22 +1,30 @@
-"""The training protocol: tune ALS on validation, refit on train+validation, evaluate every method
-on test with the same users, items and bootstrap resamples."""
+"""The training protocol: tune every servable kind on validation, choose the kind that validates
+best, refit every method on train+validation, and evaluate them all on test with the same users,
+items and bootstrap resamples, so the test table confirms (or questions) the choice."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
+
+from recsys_serving.confidence import Weighting
 
 from .evaluation import Evaluation, evaluate
 from .matrices import IdMap, fingerprint, to_csr
-from .recommenders import ALS, EASE, ALSParams, ItemKNN, MostPopular, Recommender
-from .tuning import SearchSpace, Trial, sample_trials, search
+from .recommenders import ALS, EASE, ALSParams, ItemKNN, MostPopular, Recommender, SparseItemItem
+from .tuning import SearchResult, SearchSpace, Trial, search
 
 log = logging.getLogger(__name__)
+
+ModelKind = Literal["auto", "als", "ease", "item_knn"]
+SERVABLE = ("als", "ease", "item_knn")
 
 
 @dataclass(frozen=True)
@@ -25,29 +33,44 @@ class TrainingPlan:
     tune: bool = True
     space: SearchSpace = field(default_factory=SearchSpace)
     primary_metric: str = "ndcg@10"
+    # "auto": serve the kind with the best validation score; otherwise serve this kind.
+    model_kind: ModelKind = "auto"
     knn_neighbours: int = 100
-    ease_l2: float = 500.0
+    ease_l2: float = 100.0
     ease_max_items: int = 15_000
+    # Each item's strongest EASE weights kept in the served matrix (the full matrix is dense).
+    ease_neighbours: int = 500
     bootstrap_samples: int = 1000
+    validation_users: int = 10_000  # scored when choosing the kind without a search
 
 
 @dataclass
 class TrainedModel:
     ids: IdMap
-    user_factors: np.ndarray
+    kind: str  # the kind the bundle serves
+    user_factors: np.ndarray  # ALS, always trained: the FAISS index is built from its item factors
     item_factors: np.ndarray
     params: ALSParams
     length_norm: np.ndarray | None
     evaluation: Evaluation
-    trials: list[Trial]
     dataset_fingerprint: str
     split_stats: dict
     fit_seconds: float
+    item_similarity: sp.csr_matrix | None = None  # the served item-item matrix (ease, item_knn)
+    binary_input: bool = False
+    kind_params: dict = field(default_factory=dict)  # the served kind's parameters
+    selection: dict = field(default_factory=dict)  # validation scores per kind and the reason
+    search: SearchResult | None = None
     mlflow_run_id: str | None = None
 
     @property
+    def trials(self) -> list[Trial]:
+        return self.search.trials if self.search else []
+
+    @property
     def test_metrics(self) -> dict[str, float]:
-        return self.evaluation.get("als").metrics
+        """The served model's test metrics."""
+        return self.evaluation.get(self.kind).metrics
 
 
 def train_and_evaluate(
@@ -61,39 +84,57 @@ def train_and_evaluate(
     if train.is_empty() or test.is_empty():
         raise ValueError("training needs non-empty train and test splits")
 
-    trials: list[Trial] = []
-    params = plan.als
-    if plan.tune and not validation.is_empty():
+    als_params, knn_neighbours, ease_l2 = plan.als, plan.knn_neighbours, plan.ease_l2
+    result: SearchResult | None = None
+    validation_scores: dict[str, float] = {}
+    kinds = SERVABLE if plan.model_kind == "auto" else (plan.model_kind,)
+    if not validation.is_empty() and (plan.tune or plan.model_kind == "auto"):
         search_ids = IdMap.from_frame(train)
-        candidates = sample_trials(plan.space, plan.als)
-        info(f"tuning ALS: {len(candidates)} trials on the validation split ({plan.primary_metric})")
-        trials = search(
-            to_csr(train, search_ids),
-            to_csr(validation, search_ids),
-            candidates,
-            metric=plan.primary_metric,
-            on_trial=on_trial,
-        )
-        params = trials[0].params
-        info(f"best trial: {plan.primary_metric}={trials[0].score:.4f} with {params.flat()}")
+        x_train, x_validation = to_csr(train, search_ids), to_csr(validation, search_ids)
+        if plan.tune:
+            info(
+                f"tuning {', '.join(kinds)} on the validation split ({plan.primary_metric}), "
+                f"budget {plan.space.budget_seconds:.0f}s"
+            )
+            result = search(
+                x_train,
+                x_validation,
+                plan.space,
+                plan.als,
+                metric=plan.primary_metric,
+                kinds=kinds,
+                ease_max_items=plan.ease_max_items,
+                on_trial=on_trial,
+            )
+            best = result.best
+            if "als" in best:
+                als_params = _als_params(plan.als, best["als"].params)
+            if "item_knn" in best:
+                knn_neighbours = int(best["item_knn"].params["neighbours"])
+            if "ease" in best:
+                ease_l2 = float(best["ease"].params["l2"])
+            validation_scores = {kind: trial.score for kind, trial in best.items()}
+            info(
+                f"search: {len(result.trials)} trials in {result.seconds:.0f}s; best per kind "
+                + ", ".join(f"{k} {v:.4f}" for k, v in validation_scores.items())
+            )
+        else:
+            candidates = _models(plan, kinds, als_params, knn_neighbours, ease_l2, x_train.shape[1])
+            for model in candidates:
+                model.fit(x_train)
+            scored = evaluate(candidates, x_train, x_validation, n_boot=0, max_users=plan.validation_users)
+            validation_scores = {r.method: r.metrics[plan.primary_metric] for r in scored.results}
 
     fitted = pl.concat([train, validation])
     ids = IdMap.from_frame(fitted)
     x_fit, x_test = to_csr(fitted, ids), to_csr(test, ids)
-    known_users = test["user_id"].is_in(ids.user_ids.tolist())
-    known_items = test["movie_id"].is_in(ids.item_ids.tolist())
-    split_stats = {
-        "test_users": test["user_id"].n_unique(),
-        "cold_test_users": test.filter(~known_users)["user_id"].n_unique(),
-        "test_interactions_unknown_items": int((~known_items).sum()),
-        "fit_interactions": len(fitted),
-    }
-    split_stats["cold_user_share"] = split_stats["cold_test_users"] / max(split_stats["test_users"], 1)
+    split_stats = _split_stats(test, fitted, ids)
 
-    als = ALS(params, on_iteration=on_iteration)
-    models: list[Recommender] = [als, MostPopular(), ItemKNN(plan.knn_neighbours)]
+    als = ALS(als_params, on_iteration=on_iteration)
+    knn = ItemKNN(knn_neighbours)
+    ease = EASE(ease_l2, plan.ease_max_items)
+    models: list[Recommender] = [als, MostPopular(), knn]
     skipped = {}
-    ease = EASE(plan.ease_l2, plan.ease_max_items)
     reason = ease.too_large(x_fit.shape[1])
     if reason:
         skipped["ease"] = reason
@@ -107,17 +148,101 @@ def train_and_evaluate(
         elapsed = time.perf_counter() - started
         fit_seconds = elapsed if model is als else fit_seconds
         info(f"fitted {model.name} on {x_fit.shape[0]:,} users x {x_fit.shape[1]:,} items in {elapsed:.1f}s")
-    evaluation = evaluate(models, x_fit, x_test, n_boot=plan.bootstrap_samples)
+
+    # Evaluate the item-item kinds in the sparse form a bundle serves; EASE's dense matrix is
+    # evaluated beside it ("ease_full") so the table shows what pruning costs.
+    served_forms: dict[str, sp.csr_matrix] = {"item_knn": knn.similarity}
+    evaluated: list[Recommender] = [als, models[1], SparseItemItem("item_knn", knn.similarity, False)]
+    if "ease" not in skipped:
+        served_forms["ease"] = ease.pruned(plan.ease_neighbours)
+        ease.name = "ease_full"
+        evaluated += [SparseItemItem("ease", served_forms["ease"], True), ease]
+    evaluation = evaluate(evaluated, x_fit, x_test, n_boot=plan.bootstrap_samples)
     evaluation.skipped = skipped
+
+    kind, why = _choose(plan, validation_scores, skipped)
+    info(f"serving {kind}: {why}")
+    kind_params = {
+        "als": als_params.flat(),
+        "ease": {"l2": ease_l2, "neighbours": plan.ease_neighbours},
+        "item_knn": {"neighbours": knn_neighbours},
+    }[kind]
     return TrainedModel(
         ids=ids,
+        kind=kind,
         user_factors=als.user_factors,
         item_factors=als.item_factors,
-        params=params,
+        params=als_params,
         length_norm=als.length_norm,
         evaluation=evaluation,
-        trials=trials,
         dataset_fingerprint=fingerprint(fitted.select("user_id", "movie_id", "weight", "timestamp")),
         split_stats=split_stats,
         fit_seconds=fit_seconds,
+        item_similarity=served_forms.get(kind),
+        binary_input=kind == "ease",
+        kind_params=kind_params,
+        selection={
+            "kind": kind,
+            "reason": why,
+            "validation": validation_scores,
+            "test_check": confirm_on_test(evaluation, kind, plan.primary_metric),
+        },
+        search=result,
     )
+
+
+def _models(plan, kinds, als_params, knn_neighbours, ease_l2, n_items) -> list[Recommender]:
+    models: list[Recommender] = []
+    if "als" in kinds:
+        models.append(ALS(als_params))
+    if "item_knn" in kinds:
+        models.append(ItemKNN(knn_neighbours))
+    if "ease" in kinds and not EASE(ease_l2, plan.ease_max_items).too_large(n_items):
+        models.append(EASE(ease_l2, plan.ease_max_items))
+    return models
+
+
+def _als_params(base: ALSParams, flat: dict) -> ALSParams:
+    weighting = {k.removeprefix("weighting_"): v for k, v in flat.items() if k.startswith("weighting_")}
+    plain = {k: v for k, v in flat.items() if not k.startswith("weighting_")}
+    return replace(base, **plain, weighting=Weighting(**weighting))
+
+
+def _choose(plan: TrainingPlan, validation_scores: dict[str, float], skipped: dict) -> tuple[str, str]:
+    if plan.model_kind != "auto":
+        return plan.model_kind, f"model_kind is set to {plan.model_kind}"
+    available = {k: v for k, v in validation_scores.items() if k in SERVABLE and k not in skipped}
+    if not available:
+        return "als", "no validation split to choose on: ALS by default"
+    kind = max(available, key=lambda k: (available[k], k == "als"))
+    ranked = ", ".join(f"{k} {v:.4f}" for k, v in sorted(available.items(), key=lambda kv: -kv[1]))
+    return kind, f"best validation {plan.primary_metric} ({ranked})"
+
+
+def confirm_on_test(evaluation: Evaluation, kind: str, metric: str) -> dict:
+    """Does the test split confirm the choice? The served kind should not fall below any other
+    method's lower 95% bound (without intervals, below its value)."""
+    served = evaluation.get(kind).metrics[metric]
+    rivals = [r for r in evaluation.results if r.method not in (kind, f"{kind}_full")]
+    best = max(rivals, key=lambda r: r.metrics[metric])
+    bound = best.intervals.get(metric, (best.metrics[metric], None))[0]
+    return {
+        "served": served,
+        "best_other": best.method,
+        "best_other_value": best.metrics[metric],
+        "best_other_lower_bound": bound,
+        "confirmed": bool(served >= bound),
+    }
+
+
+def _split_stats(test: pl.DataFrame, fitted: pl.DataFrame, ids: IdMap) -> dict:
+    known_users = test["user_id"].is_in(ids.user_ids.tolist())
+    known_items = test["movie_id"].is_in(ids.item_ids.tolist())
+    stats = {
+        "test_users": test["user_id"].n_unique(),
+        "cold_test_users": test.filter(~known_users)["user_id"].n_unique(),
+        "test_interactions_unknown_items": int((~known_items).sum()),
+        "fit_interactions": len(fitted),
+    }
+    stats["cold_user_share"] = stats["cold_test_users"] / max(stats["test_users"], 1)
+    return stats

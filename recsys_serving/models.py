@@ -1,0 +1,293 @@
+"""The kinds of model a bundle can serve, behind one interface the engine calls.
+
+- ``als``: user and item factors; a known user's scores are ``x_u . y_i``, found through the FAISS
+  index; a new user's factors are solved from liked movies (fold-in); similar movies are the
+  nearest item factors by cosine.
+- ``ease`` and ``item_knn``: a sparse item-item matrix ``S`` (each item's strongest neighbours);
+  a user's scores are ``x_u S`` for their liked movies ``x_u`` (binary for EASE, the interaction
+  weights for item-kNN), the same for a new user's liked movies; similar movies are the item's row
+  of ``S``; the explanation of an item is the liked movie with the largest term ``x_uj S_ji``.
+
+Every ranking is exact and deterministic: highest score first, ties broken by the lower item row.
+numpy, scipy and FAISS only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import faiss
+import numpy as np
+import scipy.sparse as sp
+
+from .confidence import Weighting, fold_in, weight_rows
+
+KINDS = ("als", "ease", "item_knn")
+ITEM_ITEM_KINDS = ("ease", "item_knn")
+
+
+@dataclass(frozen=True)
+class Scored:
+    rows: np.ndarray  # item rows, best first
+    scores: np.ndarray
+    because: list[int | None] | None = None  # item row of the liked movie that contributed most
+
+
+EMPTY = Scored(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
+
+
+def best_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the ``k`` highest finite ``scores``, best first, ties to the lower row.
+
+    A partition finds the k-th value, so only the items above it and the tied ones are sorted.
+    """
+    finite = int(np.isfinite(scores).sum()) if np.isneginf(scores).any() else scores.size
+    k = min(k, finite)
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    kth = np.partition(scores, scores.size - k)[scores.size - k]
+    above = np.flatnonzero(scores > kth)
+    ties = np.flatnonzero(scores == kth)[: k - above.size]
+    chosen = np.concatenate([above, ties])
+    return chosen[np.lexsort((chosen, -scores[chosen]))]
+
+
+def exact(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> Scored:
+    if allowed is not None:
+        scores = np.where(allowed, scores, -np.inf)
+    rows = best_rows(scores, k)
+    return Scored(rows, scores[rows].astype(np.float32))
+
+
+class Model(Protocol):
+    kind: str
+
+    def user_scores(self, start: int, stop: int) -> np.ndarray:
+        """Dense float32 scores of users ``start:stop`` (bundle rows) for every item."""
+        ...
+
+    def rank_user(self, user_row: int, k: int, allowed: np.ndarray) -> Scored: ...
+
+    def rank_liked(
+        self, liked_rows: np.ndarray, values: np.ndarray, k: int, allowed: np.ndarray
+    ) -> Scored: ...
+
+    def explain(self, rows: np.ndarray, liked_rows: np.ndarray, values: np.ndarray) -> list[int | None]: ...
+
+    def similar(self, item_row: int, k: int) -> Scored: ...
+
+
+class FactorModel:
+    """ALS factors, ranked through the bundle's FAISS index."""
+
+    kind = "als"
+
+    def __init__(
+        self,
+        item_ids: np.ndarray,
+        item_factors: np.ndarray,
+        user_factors: np.ndarray,
+        index: faiss.Index,
+        weighting: Weighting,
+        regularization: float,
+        length_norm: np.ndarray | None,
+    ):
+        self.item_ids = item_ids
+        self.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+        self.user_factors = np.ascontiguousarray(user_factors, dtype=np.float32)
+        self.weighting, self.regularization, self.length_norm = weighting, regularization, length_norm
+        self.n_items = len(item_ids)
+        self.search_index, self.row_labels, self.search_parameters = searchable(index, item_ids)
+        self.label_space = int(item_ids.max()) + 1 if self.n_items else 0
+        self.gram = self.item_factors.T.astype(np.float64) @ self.item_factors.astype(np.float64)
+        norms = np.linalg.norm(self.item_factors, axis=1, keepdims=True)
+        self.unit_factors = np.divide(
+            self.item_factors, norms, out=np.zeros_like(self.item_factors), where=norms > 0
+        )
+
+    def user_scores(self, start: int, stop: int) -> np.ndarray:
+        return self.user_factors[start:stop] @ self.item_factors.T
+
+    def rank_user(self, user_row: int, k: int, allowed: np.ndarray) -> Scored:
+        return self._search(self.user_factors[user_row], k, allowed)
+
+    def rank_liked(self, liked_rows: np.ndarray, values: np.ndarray, k: int, allowed: np.ndarray) -> Scored:
+        vector = fold_in(
+            self.item_factors,
+            liked_rows,
+            values,
+            self.regularization,
+            self.weighting,
+            self.length_norm,
+            gram=self.gram,
+        )
+        return self._search(vector.astype(np.float32), k, allowed)
+
+    def _search(self, vector: np.ndarray, k: int, allowed: np.ndarray) -> Scored:
+        """The k best allowed items by inner product, asking the index for allowed items only.
+
+        The filter travels into the search as a bitmap selector, so a user's seen items (which
+        ALS scores highest) cost nothing instead of having to be over-fetched and dropped.
+        """
+        take = min(k, int(allowed.sum()))
+        if take == 0:
+            return EMPTY
+        if self.row_labels:
+            space = allowed
+        else:
+            space = np.zeros(self.label_space, dtype=bool)
+            space[self.item_ids[allowed]] = True
+        bits = np.packbits(space, bitorder="little")
+        params = self.search_parameters(faiss.IDSelectorBitmap(space.size, faiss.swig_ptr(bits)))
+        scores, labels = self.search_index.search(vector[None, :], take, params=params)
+        labels, scores = labels[0], scores[0]
+        if labels[-1] < 0:
+            # An approximate index (IVF probes, HNSW beam) found fewer than k allowed items:
+            # rank them exactly, so the response still has k when the catalogue allows.
+            return exact(self.item_factors @ vector, take, allowed)
+        rows = labels if self.row_labels else lookup(self.item_ids, labels)
+        return Scored(rows, scores)
+
+    def explain(self, rows: np.ndarray, liked_rows: np.ndarray, values: np.ndarray) -> list[int | None]:
+        """For each recommended item, the liked item with the largest share of its ALS score.
+
+        score(u, i) = sum_j c_uj * y_i^T W_u y_j with W_u = (Y^T C_u Y + lambda I)^-1 (Hu, Koren
+        and Volinsky 2008), so the j-th term is liked item j's contribution.
+        """
+        if liked_rows.size == 0 or rows.size == 0:
+            return [None] * len(rows)
+        confidence = weight_rows(
+            np.array([0, liked_rows.size]),
+            liked_rows,
+            values,
+            self.n_items,
+            self.weighting,
+            self.length_norm,
+        ).astype(np.float64)
+        y_liked = self.item_factors[liked_rows].astype(np.float64)
+        factors = self.item_factors.shape[1]
+        system = (
+            self.gram + (y_liked.T * (confidence - 1.0)) @ y_liked + self.regularization * np.eye(factors)
+        )
+        weighted = np.linalg.solve(system, self.item_factors[rows].astype(np.float64).T).T  # y_i^T W_u
+        contributions = (weighted @ y_liked.T) * confidence
+        return [int(liked_rows[j]) for j in np.argmax(contributions, axis=1)]
+
+    def similar(self, item_row: int, k: int) -> Scored:
+        cosine = self.unit_factors @ self.unit_factors[item_row]
+        cosine[item_row] = -np.inf
+        return exact(cosine, k)
+
+
+class ItemItemModel:
+    """EASE or item-kNN: scores are a user's liked movies times the sparse item-item matrix."""
+
+    def __init__(self, kind: str, similarity: sp.csr_matrix, liked: sp.csr_matrix, binary_input: bool):
+        if kind not in ITEM_ITEM_KINDS:
+            raise ValueError(f"{kind!r} is not an item-item kind ({', '.join(ITEM_ITEM_KINDS)})")
+        self.kind, self.binary_input = kind, binary_input
+        self.similarity = similarity.tocsr().astype(np.float32)
+        self.n_items = self.similarity.shape[0]
+        self.inputs = liked.tocsr().astype(np.float32, copy=True)
+        if binary_input:
+            self.inputs.data[:] = 1.0
+
+    def input_values(self, values: np.ndarray) -> np.ndarray:
+        return np.ones_like(values, dtype=np.float32) if self.binary_input else values.astype(np.float32)
+
+    def scores_of(self, inputs: sp.csr_matrix) -> np.ndarray:
+        """Dense scores for the rows of a users x items input matrix (weights; binarised for EASE)."""
+        inputs = inputs.astype(np.float32, copy=True)
+        if self.binary_input:
+            inputs.data[:] = 1.0
+        return (inputs @ self.similarity).toarray()
+
+    def user_scores(self, start: int, stop: int) -> np.ndarray:
+        return (self.inputs[start:stop] @ self.similarity).toarray()
+
+    def _liked_scores(self, liked_rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+        if liked_rows.size == 0:
+            return np.zeros(self.n_items, dtype=np.float32)
+        # A weighted sum of the liked movies' rows of S: one small sparse product.
+        block = self.similarity[liked_rows]
+        return np.asarray(block.T @ values.astype(np.float32)).ravel().astype(np.float32, copy=False)
+
+    def rank_user(self, user_row: int, k: int, allowed: np.ndarray) -> Scored:
+        start, end = self.inputs.indptr[user_row], self.inputs.indptr[user_row + 1]
+        scores = self._liked_scores(self.inputs.indices[start:end], self.inputs.data[start:end])
+        return exact(scores, k, allowed)
+
+    def rank_liked(self, liked_rows: np.ndarray, values: np.ndarray, k: int, allowed: np.ndarray) -> Scored:
+        return exact(self._liked_scores(liked_rows, self.input_values(values)), k, allowed)
+
+    def explain(self, rows: np.ndarray, liked_rows: np.ndarray, values: np.ndarray) -> list[int | None]:
+        """For each recommended item i, the liked movie j with the largest term x_uj * S[j, i]."""
+        if liked_rows.size == 0 or rows.size == 0:
+            return [None] * len(rows)
+        terms = self.similarity[liked_rows][:, rows].toarray() * self.input_values(values)[:, None]
+        return [int(liked_rows[j]) for j in np.argmax(terms, axis=0)]
+
+    def similar(self, item_row: int, k: int) -> Scored:
+        start, end = self.similarity.indptr[item_row], self.similarity.indptr[item_row + 1]
+        row = np.zeros(self.n_items, dtype=np.float32)
+        row[self.similarity.indices[start:end]] = self.similarity.data[start:end]
+        row[item_row] = -np.inf
+        return exact(row, k)
+
+
+def lookup(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Row of each value in the sorted ``ids``, -1 where absent."""
+    values = np.asarray(values, dtype=np.int64)
+    position = np.minimum(np.searchsorted(ids, values), len(ids) - 1)
+    return np.where(ids[position] == values, position, -1)
+
+
+def searchable(
+    index: faiss.Index, item_ids: np.ndarray
+) -> tuple[faiss.Index, bool, Callable[[faiss.IDSelector], faiss.SearchParameters]]:
+    """The index to search, whether its labels are item rows, and how to build its parameters.
+
+    A bundle's index labels items by movie id. When it is an id map over rows in item order, the
+    inner index is searched instead: its labels are rows, which saves an id lookup per result.
+    Search parameters must be the index's own kind, carrying its probe or beam width, or FAISS
+    falls back to the defaults (nprobe 1, efSearch 16).
+    """
+    row_labels = False
+    if isinstance(index, faiss.IndexIDMap) and np.array_equal(faiss.vector_to_array(index.id_map), item_ids):
+        index, row_labels = faiss.downcast_index(index.index), True
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+    if isinstance(inner, faiss.IndexIVF):
+        nprobe = inner.nprobe
+        return index, row_labels, lambda sel: faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
+    if isinstance(inner, faiss.IndexHNSW):
+        ef = inner.hnsw.efSearch
+        return index, row_labels, lambda sel: faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
+    return index, row_labels, lambda sel: faiss.SearchParameters(sel=sel)
+
+
+def top_unseen(
+    model: Model, n_users: int, n_items: int, seen: sp.csr_matrix, n: int, chunk_users: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's ``n`` highest-scoring unseen items by the model's exact scores, best first.
+
+    Rows past a user's unseen items are -1 (score -inf). Users are scored in chunks, so memory
+    stays at ``chunk_users`` x items floats whatever the number of users.
+    """
+    n = min(n, n_items)
+    rows = np.full((n_users, n), -1, dtype=np.int32)
+    scores = np.full((n_users, n), -np.inf, dtype=np.float32)
+    if n == 0:
+        return rows, scores
+    seen = seen.tocsr()
+    for start in range(0, n_users, chunk_users):
+        stop = min(start + chunk_users, n_users)
+        block = np.array(model.user_scores(start, stop), dtype=np.float32)
+        part = seen[start:stop]
+        block[np.repeat(np.arange(stop - start), np.diff(part.indptr)), part.indices] = -np.inf
+        for offset, user_scores in enumerate(block):
+            best = best_rows(user_scores, n)
+            rows[start + offset, : best.size] = best
+            scores[start + offset, : best.size] = user_scores[best]
+    return rows, scores

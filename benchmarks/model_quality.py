@@ -170,10 +170,17 @@ def run(label: str, directory: Path, plan, workdir: Path) -> dict:
         "seconds": round(seconds, 1),
         "tuning": None
         if search is None
-        else {"budget_seconds": search.budget_seconds, "seconds": round(search.seconds, 1), "trials": len(search.trials)},
+        else {
+            "budget_seconds": search.budget_seconds,
+            "seconds": round(search.seconds, 1),
+            "trials": len(search.trials),
+        },
         "test_users": model.evaluation.users,
         "methods": {
-            r.method: {m: {"value": r.metrics[m], "ci": list(r.intervals.get(m, ()))} for m in ("ndcg@10", "recall@10")}
+            r.method: {
+                m: {"value": r.metrics[m], "ci": list(r.intervals.get(m, ()))}
+                for m in ("ndcg@10", "recall@10")
+            }
             for r in model.evaluation.results
         },
     }
@@ -188,7 +195,9 @@ def run(label: str, directory: Path, plan, workdir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data-dir", type=Path, action="append", default=[], help="a MovieLens directory")
     parser.add_argument("--synthetic", type=int, default=100_000, help="synthetic ratings (0: none)")
     parser.add_argument("--budget", type=float, help="tuning budget in seconds (default: the asset's)")

@@ -12,8 +12,8 @@ import scipy.sparse as sp
 
 from recsys_assets.modeling.index import build_index
 from recsys_serving.bundle import BundleError, load_bundle, verify_bundle, write_bundle
-from recsys_serving.models import ItemItemModel, top_unseen
 from recsys_serving.confidence import Weighting
+from recsys_serving.models import ItemItemModel, top_unseen
 
 BM25 = Weighting("bm25")
 

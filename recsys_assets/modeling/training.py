@@ -223,7 +223,7 @@ def confirm_on_test(evaluation: Evaluation, kind: str, metric: str) -> dict:
     """Does the test split confirm the choice? The served kind should not fall below any other
     method's lower 95% bound (without intervals, below its value)."""
     served = evaluation.get(kind).metrics[metric]
-    rivals = [r for r in evaluation.results if r.method not in (kind, f"{kind}_full")]
+    rivals = [r for r in evaluation.results if r.method != kind]
     best = max(rivals, key=lambda r: r.metrics[metric])
     bound = best.intervals.get(metric, (best.metrics[metric], None))[0]
     return {

@@ -290,6 +290,12 @@ def test_request_log_keeps_the_good_rows_of_a_batch_with_a_bad_one(tmp_path: Pat
     assert written == sorted(written) and len(set(written)) == 3 and all(len(i) == 32 for i in written)
 
 
+def request_cases(rng: np.random.Generator, n_items: int, genre: str) -> list[tuple]:
+    """(k, excluded rows, genres): plain, excluded, filtered by genre, and longer than the lists."""
+    exclude = rng.choice(n_items, 20, replace=False)
+    return [(10, NO_ROWS, []), (20, exclude, []), (10, NO_ROWS, [genre]), (80, NO_ROWS, [])]
+
+
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
 def test_precomputed_lists_and_every_index_kind_rank_like_exact_scores(bundles, kind: str) -> None:
     """Known users are answered from the bundle's precomputed lists when filters allow, else by a
@@ -305,13 +311,7 @@ def test_precomputed_lists_and_every_index_kind_rank_like_exact_scores(bundles, 
     genre = precomputed.genre_names[0]
     rng = np.random.default_rng(0)
     for user_row in range(0, len(bundle.user_ids), 7):
-        exclude = rng.choice(n_items, 20, replace=False)
-        for k, excluded, genres in [
-            (10, NO_ROWS, []),
-            (20, exclude, []),
-            (10, NO_ROWS, [genre]),
-            (80, NO_ROWS, []),
-        ]:
+        for k, excluded, genres in request_cases(rng, n_items, genre):
             scores = bundle.user_factors[user_row] @ bundle.item_factors.T
             scores[bundle.seen[user_row].indices] = -np.inf
             scores[excluded] = -np.inf
@@ -354,13 +354,7 @@ def test_item_item_kinds_serve_their_saved_matrix_exactly(bundles, kind: str) ->
         inputs = bundle.liked[user_row].toarray().ravel()
         base = brute_force(bundle, inputs)
         base[bundle.seen[user_row].indices] = -np.inf
-        exclude = rng.choice(n_items, 20, replace=False)
-        for k, excluded, genres in [
-            (10, NO_ROWS, []),
-            (20, exclude, []),
-            (10, NO_ROWS, [genre]),
-            (80, NO_ROWS, []),
-        ]:
+        for k, excluded, genres in request_cases(rng, n_items, genre):
             scores = base.copy()
             scores[excluded] = -np.inf
             if genres:

@@ -184,9 +184,14 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 0,
     max_users: int | None = None,
+    users: np.ndarray | None = None,
 ) -> Evaluation:
-    """Every model on the same warm users (a seeded sample of ``max_users`` when given)."""
-    users = sample_users(evaluation_users(train, test), max_users, seed)
+    """Every model on the same warm users (only ``users`` among them when given; a seeded sample
+    of ``max_users`` when given)."""
+    warm = evaluation_users(train, test)
+    if users is not None:
+        warm = np.intersect1d(warm, users)
+    users = sample_users(warm, max_users, seed)
     relevant = test[users]
     n_relevant = relevant.getnnz(axis=1)
     results = []

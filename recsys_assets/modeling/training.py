@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from recsys_serving.confidence import Weighting
 
-from .evaluation import Evaluation, evaluate
+from .evaluation import Evaluation, evaluate, evaluation_users
 from .matrices import IdMap, fingerprint, to_csr
 from .recommenders import ALS, EASE, ALSParams, ItemKNN, MostPopular, Recommender, SparseItemItem
 from .tuning import SearchResult, SearchSpace, Trial, search
@@ -91,6 +91,10 @@ def train_and_evaluate(
     if not validation.is_empty() and (plan.tune or plan.model_kind == "auto"):
         search_ids = IdMap.from_frame(train)
         x_train, x_validation = to_csr(train, search_ids), to_csr(validation, search_ids)
+        # The search and the choice between kinds see different validation users: the best of
+        # many ALS trials is optimistically scored on the users it was picked on (more trials,
+        # more optimism), so kinds are compared on users no trial was scored on.
+        tuning_users, choice_users = _halves(evaluation_users(x_train, x_validation), plan.space.seed)
         if plan.tune:
             info(
                 f"tuning {', '.join(kinds)} on the validation split ({plan.primary_metric}), "
@@ -105,6 +109,7 @@ def train_and_evaluate(
                 kinds=kinds,
                 ease_max_items=plan.ease_max_items,
                 on_trial=on_trial,
+                users=tuning_users,
             )
             best = result.best
             if "als" in best:
@@ -113,16 +118,22 @@ def train_and_evaluate(
                 knn_neighbours = int(best["item_knn"].params["neighbours"])
             if "ease" in best:
                 ease_l2 = float(best["ease"].params["l2"])
-            validation_scores = {kind: trial.score for kind, trial in best.items()}
             info(
                 f"search: {len(result.trials)} trials in {result.seconds:.0f}s; best per kind "
-                + ", ".join(f"{k} {v:.4f}" for k, v in validation_scores.items())
+                + ", ".join(f"{k} {t.score:.4f}" for k, t in best.items())
             )
-        else:
+        if len(kinds) > 1:
             candidates = _models(plan, kinds, als_params, knn_neighbours, ease_l2, x_train.shape[1])
             for model in candidates:
                 model.fit(x_train)
-            scored = evaluate(candidates, x_train, x_validation, n_boot=0, max_users=plan.validation_users)
+            scored = evaluate(
+                candidates,
+                x_train,
+                x_validation,
+                n_boot=0,
+                max_users=plan.validation_users,
+                users=choice_users,
+            )
             validation_scores = {r.method: r.metrics[plan.primary_metric] for r in scored.results}
 
     fitted = pl.concat([train, validation])
@@ -189,6 +200,12 @@ def train_and_evaluate(
         },
         search=result,
     )
+
+
+def _halves(users: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    shuffled = np.random.default_rng(seed).permutation(users)
+    half = len(shuffled) // 2
+    return np.sort(shuffled[:half]), np.sort(shuffled[half:])
 
 
 def _models(plan, kinds, als_params, knn_neighbours, ease_l2, n_items) -> list[Recommender]:

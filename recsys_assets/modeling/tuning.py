@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import optuna
 import scipy.sparse as sp
 
@@ -102,8 +103,10 @@ def search(
     kinds: tuple[str, ...] = ("item_knn", "ease", "als"),
     ease_max_items: int = 15_000,
     on_trial: TrialCallback | None = None,
+    users: np.ndarray | None = None,
 ) -> SearchResult:
-    """Tune each of ``kinds`` on validation within ``space.budget_seconds`` in all."""
+    """Tune each of ``kinds`` on validation (only ``users``, when given) within
+    ``space.budget_seconds`` in all."""
     started = time.perf_counter()
     total = _Deadline(space.budget_seconds)
     trials: list[Trial] = []
@@ -112,7 +115,7 @@ def search(
     def score(model: Recommender) -> dict[str, float]:
         nonlocal users_scored
         evaluation = evaluate(
-            [model], train, validation, n_boot=0, max_users=space.max_users, seed=space.seed
+            [model], train, validation, n_boot=0, max_users=space.max_users, seed=space.seed, users=users
         )
         users_scored = evaluation.users
         return evaluation.results[0].metrics

@@ -2,14 +2,15 @@
 
     python benchmarks/serve_bench.py                       # ml-latest-small beside the checkout
     python benchmarks/serve_bench.py --synthetic 1000000   # or synthetic data of that size
+    python benchmarks/serve_bench.py --kind ease            # a bundle of another model kind
 
 Builds a bundle with the pipeline's own code, starts `uvicorn recsys_serving.main:app` (one
 worker) on 127.0.0.1, and drives it with a bounded keep-alive load generator at fixed
 concurrency, each route in rounds paired with a /health run just before it. Prints requests/s
 and p50/p95/p99 per route with the median paired ratio to /health, then re-runs known-user
 recommendations paced at half their measured throughput to report p99 under moderate load, and
-finally measures known users again on a server that searches the index instead of using the
-precomputed lists. Client and server share this machine's cores, so absolute numbers depend on
+finally measures known users again on a server that computes their lists instead of using the
+precomputed ones. Results go to benchmarks/results/serve_bench_<kind>.json. Client and server share this machine's cores, so absolute numbers depend on
 it; the ratios are the comparable figures.
 """
 
@@ -27,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "movielens" / "ml-latest-small"
 
 
-def build_bundle(root: Path, data_dir: Path | None, synthetic: int | None) -> Path:
+def build_bundle(root: Path, data_dir: Path | None, synthetic: int | None, kind: str = "als") -> Path:
     from recsys_assets.modeling.packaging import package_bundle
     from recsys_assets.modeling.training import TrainingPlan, train_and_evaluate
     from recsys_assets.processing.interactions import InteractionRules, build_interactions
@@ -54,7 +56,8 @@ def build_bundle(root: Path, data_dir: Path | None, synthetic: int | None) -> Pa
     ratings, movies = read_ratings(data_dir), read_movies(data_dir)
     interactions, _ = build_interactions(ratings, InteractionRules())
     splits = temporal_split(interactions, SplitRules(strategy="leave_last_n", n=2))
-    model = train_and_evaluate(splits, TrainingPlan(tune=False, bootstrap_samples=0), info=lambda _: None)
+    plan = TrainingPlan(tune=False, bootstrap_samples=0, model_kind=kind)
+    model = train_and_evaluate(splits, plan, info=lambda _: None)
     path = package_bundle(
         root / "bundles", model, movies, ratings, splits, {"dataset": {"source": str(data_dir)}}
     )
@@ -210,6 +213,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=8.0, help="per route")
     parser.add_argument("--rounds", type=int, default=4, help="paired /health and route runs per route")
+    parser.add_argument(
+        "--kind", choices=["als", "ease", "item_knn"], default="als", help="the model kind served"
+    )
     args = parser.parse_args()
     data_dir = None if args.synthetic else args.data_dir
     if data_dir is None and not args.synthetic:
@@ -217,7 +223,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        bundle_path = build_bundle(work, data_dir, args.synthetic)
+        bundle_path = build_bundle(work, data_dir, args.synthetic, args.kind)
         from recsys_serving.bundle import load_bundle
 
         bundle = load_bundle(bundle_path)
@@ -243,8 +249,9 @@ def main() -> None:
             paced = asyncio.run(
                 drive(port, routes[known], args.concurrency, args.seconds, rate=results[known]["rps"] / 2)
             )
-        # The same known-user requests answered by a filtered FAISS search instead of the
-        # precomputed lists, against a /health measured on that server too.
+        # The same known-user requests computed (a filtered FAISS search for ALS, the liked row
+        # times the matrix for item-item kinds) instead of read from the precomputed lists,
+        # against a /health measured on that server too.
         with serving(work, RECSYS_PRECOMPUTED_LISTS="false") as port:
             searched = measure(
                 port,
@@ -255,7 +262,7 @@ def main() -> None:
             )
 
     print(
-        f"\nbundle: {len(bundle.user_ids):,} users x {len(bundle.item_ids):,} items, {bundle.item_factors.shape[1]} factors, "
+        f"\n{bundle.kind} bundle: {len(bundle.user_ids):,} users x {len(bundle.item_ids):,} items, "
         f"lists of {bundle.manifest.get('precomputed_top_n', 0)} precomputed per user"
     )
     print(
@@ -263,7 +270,7 @@ def main() -> None:
     )
     print("| route | req/s | vs /health (median of paired runs) | p50 ms | p95 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|---|")
-    rows = [*results.items(), (f"{known}, index search (RECSYS_PRECOMPUTED_LISTS=false)", searched[known])]
+    rows = [*results.items(), (f"{known}, computed (RECSYS_PRECOMPUTED_LISTS=false)", searched[known])]
     for name, r in rows:
         print(
             f"| {name} | {r['rps']:.0f} | {r['ratio']:.0%} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['errors']} |"
@@ -276,6 +283,21 @@ def main() -> None:
     print(
         f"target: >= 70% of /health throughput -> {results[known]['ratio']:.0%}; p99 < 10 ms at half -> {paced['p99']:.2f} ms"
     )
+    output = ROOT / "benchmarks" / "results" / f"serve_bench_{bundle.kind}.json"
+    report = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "kind": bundle.kind,
+        "users": len(bundle.user_ids),
+        "items": len(bundle.item_ids),
+        "cpus": os.cpu_count(),
+        "concurrency": args.concurrency,
+        "seconds_per_route": args.seconds,
+        "rounds": args.rounds,
+        "routes": {name: r for name, r in rows},
+        "paced_known_user": paced,
+    }
+    output.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    print(f"written to {output}")
 
 
 if __name__ == "__main__":

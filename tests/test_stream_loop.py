@@ -202,6 +202,12 @@ def test_batches_flow_through_sensor_validation_drift_and_promotion(loop: Loop) 
     worse = loop.train(RETRAIN, als=WORSE)["promotion_decision"]
     assert worse["outcome"].value == "rejected", worse["reason"].value
     assert worse["challenger_ndcg@10"].value < worse["champion_ndcg@10"].value
+    # Each bundle is ranked by its own kind: the champion of the automatic choice, the ALS challenger.
+    assert worse["challenger_kind"].value == "als" and worse["champion_kind"].value in (
+        "als",
+        "ease",
+        "item_knn",
+    )
     assert promoted_version(loop.bundles) == champion_v2
     client = registry_client(loop.tracking_uri)
     challenger = client.get_model_version_by_alias("movielens-als", "challenger")

@@ -84,6 +84,7 @@ def promotion_decision(
     champion_version = promoted_version(root)
     checks = _check_states(context.instance)
     comparison: Comparison | None = None
+    kinds: dict[str, str] = {}
 
     if any(state == "failed" for state in checks.values()):
         promote, reason = (
@@ -117,6 +118,7 @@ def promotion_decision(
                     champion, challenger, history, temporal_splits["test"], n_boot=config.bootstrap_samples
                 )
                 promote, reason = rule.decide(comparison)
+                kinds = {"champion": champion.kind, "challenger": challenger.kind}
 
     outcome = "promoted" if promote else "rejected"
     if promote:
@@ -161,8 +163,11 @@ def promotion_decision(
         decision["champion_metrics"] = champion_metrics
         decision["challenger_metrics"] = challenger_metrics
         decision["window_users"] = comparison.evaluation.users
+        decision["kinds"] = kinds
         metadata.update(
             {
+                "champion_kind": kinds["champion"],
+                "challenger_kind": kinds["challenger"],
                 f"champion_{metric}": champion_metrics[metric],
                 f"challenger_{metric}": challenger_metrics[metric],
                 f"delta_{metric}": challenger_metrics[metric] - champion_metrics[metric],

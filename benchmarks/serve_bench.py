@@ -204,6 +204,10 @@ def measure(
     return {"/health": combined(health_runs, ratio=1.0), **results}
 
 
+def scalars(result: dict) -> dict:
+    return {k: float(result[k]) for k in ("rps", "ratio", "p50", "p95", "p99", "errors") if k in result}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -293,10 +297,10 @@ def main() -> None:
         "concurrency": args.concurrency,
         "seconds_per_route": args.seconds,
         "rounds": args.rounds,
-        "routes": {name: r for name, r in rows},
-        "paced_known_user": paced,
+        "routes": {name: scalars(r) for name, r in rows},
+        "paced_known_user": scalars(paced),
     }
-    output.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written to {output}")
 
 

@@ -104,7 +104,9 @@ def run_one(n_ratings: int, workdir: Path) -> dict:
     ratings = timed("raw_ratings", lambda: read_ratings(data_dir))
     interactions = timed("interactions", lambda: build_interactions(ratings, InteractionRules())[0])
     splits = timed("temporal_splits", lambda: temporal_split(interactions, SplitRules()))
-    plan = TrainingPlan(als=ALSParams(factors=64, iterations=15), tune=False, bootstrap_samples=200)
+    plan = TrainingPlan(
+        als=ALSParams(factors=64, iterations=15), tune=False, bootstrap_samples=200, model_kind="als"
+    )
     model = timed("als_model", lambda: train_and_evaluate(splits, plan, info=lambda _: None))
     index = timed("faiss_index", lambda: build_index(model.item_factors, model.ids.item_ids))
     sample = model.user_factors[: min(1000, len(model.user_factors))]

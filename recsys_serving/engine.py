@@ -14,6 +14,8 @@ import numpy as np
 from .bundle import Bundle
 from .models import Scored, lookup
 
+NO_ROWS = np.empty(0, dtype=np.int64)
+
 
 class Engine:
     def __init__(self, bundle: Bundle, use_precomputed: bool = True):
@@ -51,6 +53,15 @@ class Engine:
         # A rank-based score keeps the popularity fallback in the response shape of the others.
         self.rank_scores = (1.0 / (1.0 + np.arange(self.n_items))).astype(np.float32)
         self.liked_value = float(bundle.manifest["fold_in"].get("liked_value", 1.0))
+        # How each known user is served: by the model that was fitted on them (its kind), folded in
+        # from positives the model was not fitted on (users the k-core dropped, users seen only in
+        # the test split), or, with no positive at all, popularity without the movies they rated.
+        fitted = bundle.fitted_pairs()
+        fitted.eliminate_zeros()
+        self.user_strategies = (self.kind, "fold_in", "popular_fallback")
+        self.user_strategy = np.where(
+            np.diff(self.liked.indptr) == 0, 2, np.where(np.diff(fitted.indptr) == 0, 1, 0)
+        ).astype(np.int8)
 
     # ------------------------------------------------------------------ lookups
 
@@ -111,13 +122,26 @@ class Engine:
             rows = rows[rows >= 0]
         return Scored(rows[:k], scores[:k])
 
+    def _seen_rows(self, user_row: int) -> np.ndarray:
+        return self.seen.indices[self.seen.indptr[user_row] : self.seen.indptr[user_row + 1]]
+
+    def recommend_known(
+        self, user_row: int, k: int, exclude_rows: np.ndarray, genres: list[str], explain: bool
+    ) -> tuple[Scored, str]:
+        """A known user's list and the strategy that made it (see ``user_strategy``); the movies
+        they rated are never in it."""
+        strategy = self.user_strategies[self.user_strategy[user_row]]
+        if strategy == "popular_fallback":
+            blocked = np.concatenate([self._seen_rows(user_row), exclude_rows])
+            return self.popular(k, genres, blocked), strategy
+        return self.recommend_user(user_row, k, exclude_rows, genres, explain), strategy
+
     def recommend_user(
         self, user_row: int, k: int, exclude_rows: np.ndarray, genres: list[str], explain: bool
     ) -> Scored:
         result = self._precomputed(user_row, k, exclude_rows, genres)
         if result is None:
-            seen = self.seen.indices[self.seen.indptr[user_row] : self.seen.indptr[user_row + 1]]
-            allowed = self._allowed(seen, genres)
+            allowed = self._allowed(self._seen_rows(user_row), genres)
             allowed[exclude_rows] = False
             result = self.model.rank_user(user_row, k, allowed)
         if not explain:

@@ -17,10 +17,17 @@ HISTORY = "promotions.jsonl"
 
 
 def promoted_version(root: Path) -> str | None:
+    """The version ``CURRENT`` names, None when there is no pointer; a pointer that does not hold a
+    plain directory name (garbled, or a path out of the bundle root) is an error, never followed."""
     pointer = Path(root) / POINTER
     if not pointer.is_file():
         return None
-    return pointer.read_text().strip() or None
+    version = pointer.read_bytes().decode("utf-8", errors="replace").strip()
+    if not version:
+        return None
+    if not version.isprintable() or "/" in version or "\\" in version or version in (".", ".."):
+        raise ValueError(f"{pointer} does not hold a bundle version: {version[:80]!r}")
+    return version
 
 
 def promoted_path(root: Path) -> Path | None:

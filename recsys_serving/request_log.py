@@ -2,7 +2,11 @@
 
 Requests append a row to a queue; one thread wakes every ``flush_seconds`` and inserts what has
 accumulated in one transaction. ``close()`` drains the queue, so a graceful shutdown loses
-nothing. The table is the input for later KPI and replay evaluation.
+nothing; a killed process loses at most the last ``flush_seconds`` of requests, and SQLite's
+journal keeps the file a valid database. When the database cannot be written (disk full, file
+read-only, locked), the rows stay queued (up to ``max_pending``, the oldest given up on past it),
+serving goes on, ``error`` says why, and the next successful write clears it. The table is the
+input for later KPI and replay evaluation.
 """
 
 from __future__ import annotations
@@ -83,16 +87,16 @@ class RequestRecord:
 
 
 class RequestLog:
-    def __init__(self, path: Path, flush_seconds: float = 0.25):
+    def __init__(self, path: Path, flush_seconds: float = 0.25, max_pending: int = 1_000_000):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.flush_seconds = flush_seconds
+        self.flush_seconds, self.max_pending = flush_seconds, max_pending
         # deque.append and popleft are atomic, so requests never take a lock or wake the writer:
         # a queue.Queue notified the writer thread on every request, a GIL hand-off each time.
         self._pending: deque[tuple] = deque()
         self._stop = threading.Event()
         self.written = 0
-        self.failed = 0
+        self.lost = 0
         self.error: str | None = None
         with sqlite3.connect(self.path) as connection:  # fail at startup, not in the writer
             connection.execute("PRAGMA journal_mode=WAL")
@@ -105,13 +109,17 @@ class RequestLog:
         # converting thousands of records there stalled the event loop.
         self._pending.append(record.row())
 
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
     def close(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
 
     def _write(self, connection: sqlite3.Connection) -> None:
         """One transaction for everything pending: per-request commits cost more CPU than serving
-        the request. A failed write is reported in ``error`` (and /ready); serving goes on."""
+        the request. Failures are reported in ``error`` (and /ready, /metrics); serving goes on."""
         batch = [self._pending.popleft() for _ in range(len(self._pending))]
         if not batch:
             return
@@ -119,21 +127,37 @@ class RequestLog:
             with connection:
                 connection.executemany(INSERT_ROWS, batch)
             self.written += len(batch)
+            self.error = None
+            return
+        except sqlite3.OperationalError as exc:  # the database, not a row: keep them for later
+            self._keep(batch, exc)
             return
         except (sqlite3.Error, OverflowError):
             pass
-        # One bad row must not cost the batch: retry row by row and report only what fails.
-        for row in batch:
+        # One bad row must not cost the batch: retry row by row and give up only on what fails.
+        for position, row in enumerate(batch):
             try:
                 with connection:
                     connection.execute(INSERT_ROWS, row)
                 self.written += 1
-            except (sqlite3.Error, OverflowError) as exc:  # keep serving; the error shows in /ready
-                self.failed += 1
-                self.error = f"request log write failed for request {row[0]}: {exc}"
+            except sqlite3.OperationalError as exc:
+                self._keep(batch[position:], exc)
+                return
+            except (sqlite3.Error, OverflowError) as exc:
+                self.lost += 1
+                self.error = f"request log refused request {row[0]}: {exc}"
+
+    def _keep(self, batch: list[tuple], exc: Exception) -> None:
+        """Put an unwritten batch back at the front of the queue, within ``max_pending``."""
+        self._pending.extendleft(reversed(batch))
+        over = len(self._pending) - self.max_pending
+        for _ in range(max(over, 0)):
+            self._pending.popleft()
+        self.lost += max(over, 0)
+        self.error = f"request log {self.path} cannot be written ({exc}); {len(self._pending)} rows kept"
 
     def _run(self) -> None:
-        connection = sqlite3.connect(self.path)
+        connection = sqlite3.connect(self.path, timeout=1.0)
         connection.execute("PRAGMA synchronous=NORMAL")
         while not self._stop.wait(self.flush_seconds):
             self._write(connection)

@@ -19,6 +19,13 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class RequestLogStatus(BaseModel):
+    written: int = Field(description="rows written since the service started")
+    pending: int = Field(description="rows waiting for the next write")
+    lost: int = Field(description="rows given up on (refused by SQLite, or over the backlog cap)")
+    error: str | None = Field(None, description="why the last write failed; cleared by the next success")
+
+
 class Readiness(BaseModel):
     ready: bool
     bundle_version: str | None = None
@@ -30,6 +37,7 @@ class Readiness(BaseModel):
     source: str | None = Field(None, description="where the served bundle was found")
     error: str | None = Field(None, description="why the newest promoted bundle is not served")
     message: str | None = None
+    request_log: RequestLogStatus | None = None
 
 
 class Movie(BaseModel):
@@ -67,12 +75,14 @@ class Recommendations(BaseModel):
 
 class SimilarMovies(BaseModel):
     bundle_version: str
+    strategy: ModelKind = Field(description="the model whose item similarity ranked the list")
     movieId: int
     items: list[RecommendedMovie]
 
 
 class PopularMovies(BaseModel):
     bundle_version: str
+    strategy: Literal["popular_fallback"] = "popular_fallback"
     genre: str | None
     items: list[RecommendedMovie]
 
@@ -95,6 +105,6 @@ class ErrorMessage(BaseModel):
 
 
 class InvalidInput(BaseModel):
-    detail: str | list[dict[str, Any]] = Field(
-        ..., description="what is wrong: a message, or FastAPI's list of {loc, msg, type, input}"
+    detail: list[dict[str, Any]] = Field(
+        ..., description="what is wrong, FastAPI's shape: a list of {type, loc, msg, input}"
     )

@@ -6,6 +6,7 @@ Relative paths resolve against the project root, like the pipeline's (shared hel
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,12 @@ class ServingSettings(BaseSettings):
     admin_api_key: str | None = None
     rate_limit_per_second: float = Field(200.0, ge=0)  # per client; 0 disables
     rate_limit_burst: int = Field(400, ge=1)
+    # Who a client is for the rate limit: its address, or its X-API-Key when it sends one.
+    rate_limit_key: Literal["address", "api_key"] = "address"
+    # Reverse proxies in front of the API whose X-Forwarded-For is trusted (0: use the peer).
+    trusted_proxy_hops: int = Field(0, ge=0)
+    # The request log's write interval: at most this much logging is lost if the process is killed.
+    request_log_flush_seconds: float = Field(0.25, gt=0)
     # Answer known users from the lists ranked at packaging time when the bundle has them; false
     # always searches the index (the benchmark compares both).
     precomputed_lists: bool = True

@@ -23,6 +23,7 @@ from recsys_assets.defs.resources import (
     StreamStore,
 )
 from recsys_serving.bundle import load_bundle
+from recsys_serving.engine import NO_ROWS, Engine
 
 ASSETS = [
     "raw_movies",
@@ -240,6 +241,26 @@ def test_ml_latest_small_counts_and_quality(tmp_path: Path, ml_latest_small: Pat
     assert "ml-latest-small" in metadata["interactions"]["data_source"].value
     assert all(evaluation.passed for evaluation in checks(result).values())
     assert_served_model_is_the_best(tmp_path, metadata)
+    assert_every_rater_is_served_unseen_movies(metadata, ml_latest_small)
+
+
+def assert_every_rater_is_served_unseen_movies(metadata: dict, directory: Path) -> None:
+    """Every user of ratings.csv is known to the bundle (610, where the model holds 601) and never
+    gets a movie they rated; a user with a positive in the catalogue gets a personalised list."""
+    engine = Engine(load_bundle(Path(metadata["production_bundle"]["bundle_path"].value)))
+    ratings = pl.read_csv(directory / "ratings.csv")
+    assert len(engine.user_ids) == ratings["userId"].n_unique() == 610
+    catalogue = engine.item_ids.tolist()
+    per_user = ratings.group_by("userId").agg(
+        "movieId", positives=((pl.col("rating") >= 4) & pl.col("movieId").is_in(catalogue)).sum()
+    )
+    strategies = {}
+    for user, rated, positives in per_user.iter_rows():
+        scored, strategy = engine.recommend_known(engine.user_row(user), 10, NO_ROWS, [], False)
+        assert len(scored.rows) == 10 and not set(engine.item_ids[scored.rows].tolist()) & set(rated)
+        assert (strategy == "popular_fallback") == (positives == 0), user
+        strategies[user] = strategy
+    assert strategies[3] == strategies[54] == "fold_in"  # the k-core dropped both
 
 
 def test_synthetic_default_quality(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import polars as pl
 import pytest
 import schemathesis
 import uvicorn
@@ -32,11 +33,13 @@ from recsys_assets.processing.splits import SplitRules, temporal_split
 from recsys_assets.sources.formats import read_movies, read_ratings
 from recsys_assets.sources.synthetic import SyntheticConfig, write_dataset
 from recsys_serving.bundle import load_bundle
-from recsys_serving.engine import Engine
-from recsys_serving.main import NO_ROWS, create_app
+from recsys_serving.engine import NO_ROWS, Engine
+from recsys_serving.main import create_app
 from recsys_serving.promotion import promote
 from recsys_serving.request_log import RequestIds, RequestLog, RequestRecord
 from recsys_serving.settings import ServingSettings
+
+DROPPED_USER, NEGATIVE_USER = 10_001, 10_002
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +49,24 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict:
         tmp_path_factory.mktemp("syn") / "d",
     )
     ratings, movies = read_ratings(directory), read_movies(directory)
+    # Two users the model never sees: two top ratings (the k-core drops them) and three low ones
+    # of the most popular movies (no positive at all).
+    popular = ratings.group_by("movie_id").len().sort("len", descending=True)["movie_id"].to_list()
+    extra = [(DROPPED_USER, m, 5.0) for m in popular[5:7]] + [(NEGATIVE_USER, m, 1.0) for m in popular[:3]]
+    ratings = pl.concat(
+        [
+            ratings,
+            pl.DataFrame(
+                {
+                    "user_id": [u for u, _, _ in extra],
+                    "movie_id": [m for _, m, _ in extra],
+                    "rating": [r for _, _, r in extra],
+                    "timestamp": [ratings["timestamp"].max()] * len(extra),
+                },
+                schema=ratings.schema,
+            ),
+        ]
+    )
     interactions, _ = build_interactions(ratings, InteractionRules())
     splits = temporal_split(interactions, SplitRules(strategy="leave_last_n", n=2))
     return {"ratings": ratings, "movies": movies, "splits": splits}
@@ -182,6 +203,24 @@ def test_unknown_user_falls_back_to_popular(served) -> None:
     assert [i["movieId"] for i in popular] == [i["movieId"] for i in body["items"]]
 
 
+def test_users_the_model_dropped_never_get_movies_they_rated(served, dataset) -> None:
+    """A user the k-core dropped is folded in from their positives; a user without any positive
+    gets popularity; neither gets a movie they rated, and the strategy says which."""
+    client, _ = served
+    ratings = dataset["ratings"]
+    for user, strategy in ((DROPPED_USER, "fold_in"), (NEGATIVE_USER, "popular_fallback")):
+        rated = set(ratings.filter(pl.col("user_id") == user)["movie_id"].to_list())
+        body = client.get(f"/users/{user}/recommendations", params={"k": 10}).json()
+        assert body["strategy"] == strategy and len(body["items"]) == 10
+        assert not {i["movieId"] for i in body["items"]} & rated
+    popular = [i["movieId"] for i in client.get("/popular", params={"k": 13}).json()["items"]]
+    negative = client.get(f"/users/{NEGATIVE_USER}/recommendations", params={"k": 10}).json()
+    assert [i["movieId"] for i in negative["items"]] == popular[3:]
+    for user in (-1, 0):
+        response = client.get(f"/users/{user}/recommendations")
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["path", "user_id"]
+
+
 def test_cold_start_folds_in_and_reports_unknown_ids(served, bundles) -> None:
     client, _ = served
     bundle = load_bundle(bundles["a"])
@@ -286,7 +325,7 @@ def test_request_log_keeps_the_good_rows_of_a_batch_with_a_bad_one(tmp_path: Pat
     with sqlite3.connect(tmp_path / "log.sqlite") as connection:
         stored = connection.execute("SELECT request_id, user_id FROM requests ORDER BY request_id").fetchall()
     assert stored == [(written[0], 1), (written[2], 3)]
-    assert log.written == 2 and log.failed == 1 and written[1] in log.error
+    assert log.written == 2 and log.lost == 1 and written[1] in log.error
     assert written == sorted(written) and len(set(written)) == 3 and all(len(i) == 32 for i in written)
 
 

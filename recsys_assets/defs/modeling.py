@@ -18,6 +18,7 @@ from ..modeling.training import TrainedModel, TrainingPlan, train_and_evaluate
 from ..modeling.tuning import SearchSpace, Trial
 from .metadata import markdown_table, upstream_source
 from .plots import methods_chart
+from .preparation import recorded_interaction_rules
 from .resources import BundleStore, MLflowTracking
 
 MODEL_GROUP = "modeling"
@@ -356,6 +357,7 @@ def production_bundle(
         manifest,
         faiss_index.load(),
         top_n=config.precomputed_top_n,
+        rules=recorded_interaction_rules(context.instance),
     )
     version = path.name
     client = mlflow_tracking.client()

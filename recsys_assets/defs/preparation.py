@@ -47,6 +47,18 @@ def interactions(
     return frame
 
 
+def recorded_interaction_rules(instance: dg.DagsterInstance) -> InteractionRules:
+    """The rules the latest ``interactions`` were built with (its metadata records them), so a
+    later stage applies the same threshold and weighting; the config defaults before any run."""
+    event = instance.get_latest_materialization_event(dg.AssetKey("interactions"))
+    recorded = event.asset_materialization.metadata if event else {}
+    values = InteractionsConfig().model_dump()
+    for name in ("positive_threshold", "weighting"):
+        if name in recorded:
+            values[name] = recorded[name].value
+    return InteractionRules(**values)
+
+
 @dg.asset_check(
     asset=interactions,
     blocking=True,
@@ -57,9 +69,7 @@ def interactions(
 def interactions_expectations_check(
     context: dg.AssetCheckExecutionContext, interactions: pl.DataFrame, raw_movies: pl.DataFrame
 ) -> dg.AssetCheckResult:
-    event = context.instance.get_latest_materialization_event(dg.AssetKey("interactions"))
-    recorded = event.asset_materialization.metadata.get("positive_threshold") if event else None
-    threshold = recorded.value if recorded is not None else InteractionsConfig().positive_threshold
+    threshold = recorded_interaction_rules(context.instance).positive_threshold
     expectations = interactions_expectations(raw_movies["movie_id"].to_list(), threshold)
     return report_result(validate(interactions, "interactions", expectations))
 

@@ -10,6 +10,7 @@ import polars as pl
 from recsys_serving.bundle import write_bundle
 from recsys_serving.confidence import confidence_matrix
 
+from ..processing.interactions import InteractionRules, latest_ratings, weighted_positives
 from .index import build_index
 from .matrices import IdMap, to_csr
 from .recommenders import solve_users
@@ -25,23 +26,33 @@ def package_bundle(
     manifest: dict,
     index=None,
     top_n: int = 50,
+    rules: InteractionRules | None = None,
 ) -> Path:
     """Write a bundle of the model's chosen kind over the model's catalogue.
 
-    Its users are everyone with an interaction in any split, and each user's input (``liked``) is
-    every interaction they have, test split included: the test split only held them out to measure
-    the model, and a user's latest movies say most about the next ones (``held_out`` marks them, so
-    a later comparison knows what the model was not fitted on). ALS user factors are solved again
-    from that whole history with the fitted item factors. ``seen`` is every movie a user
-    rated; ``top_n`` > 0 ranks each user's best unseen items in advance.
+    Its users are everyone in ``ratings``, and each user's input (``liked``) is every interaction
+    they have, test split included: the test split only held them out to measure the model, and a
+    user's latest movies say most about the next ones. Users the k-core dropped (too few
+    positives) get their positive ratings under ``rules`` (the interactions' threshold and
+    weighting) as input, so they are folded in rather than served popularity; users without any
+    positive still have every rated movie in ``seen``. ``held_out`` marks the liked pairs the model
+    was not fitted on (the test split and the dropped users' positives), so a later comparison and
+    the server know what was folded in. ALS user factors are solved again from the whole history
+    with the fitted item factors. ``top_n`` > 0 ranks each user's best unseen items in advance.
     """
+    rules = rules or InteractionRules()
     history = pl.concat([splits[name] for name in ("train", "validation", "test")])
-    users = np.union1d(model.ids.user_ids, history["user_id"].unique().to_numpy().astype(np.int64))
+    columns = history.columns
+    modelled = history["user_id"].unique()
+    dropped = weighted_positives(
+        latest_ratings(ratings.filter(~pl.col("user_id").is_in(modelled.implode()))), rules
+    ).select(columns)
+    users = np.union1d(model.ids.user_ids, ratings["user_id"].unique().to_numpy().astype(np.int64))
     ids = IdMap(users, model.ids.item_ids)
     seen = to_csr(ratings, ids, value=None)
     seen.data[:] = 1.0
-    liked = to_csr(history, ids)
-    held_out = to_csr(splits["test"], ids, value=None)
+    liked = to_csr(pl.concat([history, dropped]), ids)
+    held_out = to_csr(pl.concat([splits["test"], dropped]), ids, value=None)
     common = dict(
         kind=model.kind,
         item_ids=ids.item_ids,

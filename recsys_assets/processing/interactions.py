@@ -55,13 +55,24 @@ def k_core(frame: pl.DataFrame, min_user: int, min_item: int, max_rounds: int) -
     return frame, max_rounds
 
 
+def latest_ratings(ratings: pl.DataFrame) -> pl.DataFrame:
+    """One rating per (user, movie): a re-rating replaces the earlier one."""
+    return ratings.sort("timestamp").unique(["user_id", "movie_id"], keep="last")
+
+
+def weighted_positives(latest: pl.DataFrame, rules: InteractionRules) -> pl.DataFrame:
+    """The ratings at or above the threshold, with their confidence weight (no k-core)."""
+    return latest.filter(pl.col("rating") >= rules.positive_threshold).with_columns(
+        weight=_weight(rules).cast(pl.Float32)
+    )
+
+
 def build_interactions(ratings: pl.DataFrame, rules: InteractionRules) -> tuple[pl.DataFrame, dict]:
     """Resolve duplicates (latest rating wins), keep positives, weight them, apply the k-core."""
-    latest = ratings.sort("timestamp").unique(["user_id", "movie_id"], keep="last")
-    positives = latest.filter(pl.col("rating") >= rules.positive_threshold)
-    weighted = positives.with_columns(weight=_weight(rules).cast(pl.Float32))
+    latest = latest_ratings(ratings)
+    positives = weighted_positives(latest, rules)
     cored, rounds = k_core(
-        weighted, rules.min_user_interactions, rules.min_item_interactions, rules.max_core_rounds
+        positives, rules.min_user_interactions, rules.min_item_interactions, rules.max_core_rounds
     )
     cored = cored.sort(["user_id", "timestamp", "movie_id"]).select(
         "user_id", "movie_id", "rating", "weight", "timestamp"

@@ -1,0 +1,52 @@
+"""What routes share: the service state of the app, the served engine, admin authentication."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request
+
+from .engine import Engine
+from .manager import BundleManager
+from .metrics import Metrics
+from .ratelimit import RateLimiter
+from .request_log import RequestLog
+from .settings import ServingSettings
+
+
+@dataclass
+class Service:
+    settings: ServingSettings
+    metrics: Metrics
+    manager: BundleManager
+    limiter: RateLimiter
+    request_log: RequestLog | None = None
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+
+def service_of(request: Request) -> Service:
+    return request.app.state.service
+
+
+def serving_engine(service: Service) -> Engine:
+    """The engine to answer with, taken once per request (see :mod:`.manager`); 503 without one."""
+    current = service.manager.engine
+    if current is None:
+        raise HTTPException(503, detail=service.manager.error or service.manager.no_bundle_message())
+    return current
+
+
+def current_engine(request: Request) -> Engine:
+    return serving_engine(service_of(request))
+
+
+Served = Annotated[Engine, Depends(current_engine)]
+
+
+def require_admin(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> None:
+    expected = service_of(request).settings.admin_api_key
+    if expected and not (x_api_key and secrets.compare_digest(x_api_key, expected)):
+        raise HTTPException(401, detail="missing or wrong X-API-Key")

@@ -1,0 +1,69 @@
+"""The catalogue: one movie, similar movies, the most popular ones."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi import Path as PathParam
+from fastapi.responses import Response
+
+from ..deps import Served, current_engine
+from ..engine import NO_ROWS
+from ..params import ID_SCHEMA, k_param, parse_genres, parse_id, parse_k, query, query_docs
+from ..responses import JSONResponse, movie_list
+from ..schemas import INT64_MAX, ErrorMessage, InvalidInput, MovieResponse, PopularMovies, SimilarMovies
+from ..settings import ServingSettings
+
+
+def router(settings: ServingSettings) -> APIRouter:
+    routes = APIRouter(tags=["movies"])
+    rejected = {422: {"model": InvalidInput, "description": "invalid input; the detail names the field"}}
+    not_found = {404: {"model": ErrorMessage}, **rejected}
+
+    def not_in_catalogue(movie_id: int) -> HTTPException:
+        return HTTPException(404, detail=f"movie {movie_id} is not in the catalogue")
+
+    @routes.get("/movies/{movie_id}", response_model=MovieResponse, responses=not_found)
+    async def get_movie(current: Served, movie_id: Annotated[int, PathParam(ge=1, le=INT64_MAX)]) -> Response:
+        row = current.item_row(movie_id)
+        if row is None:
+            raise not_in_catalogue(movie_id)
+        return JSONResponse({**current.movie_fields[row], "bundle_version": current.version})
+
+    @routes.get(
+        "/movies/{movie_id}/similar",
+        response_model=SimilarMovies,
+        responses=not_found,
+        openapi_extra=query_docs(("movie_id", "path", ID_SCHEMA, True, "the movie"), k_param(settings.max_k)),
+    )
+    async def similar_movies(request: Request) -> Response:
+        current = current_engine(request)
+        movie_id = parse_id(request.path_params["movie_id"], "movie_id")
+        k = parse_k(query(request), settings.max_k)
+        row = current.item_row(movie_id)
+        if row is None:
+            raise not_in_catalogue(movie_id)
+        return movie_list(
+            request, current, current.similar(row, k), strategy=current.kind, k=k, movieId=movie_id
+        )
+
+    @routes.get(
+        "/popular",
+        response_model=PopularMovies,
+        responses=rejected,
+        openapi_extra=query_docs(
+            k_param(settings.max_k),
+            ("genre", "query", {"type": "string"}, False, "only movies of this genre"),
+        ),
+    )
+    async def popular(request: Request) -> Response:
+        current = current_engine(request)
+        params = query(request)
+        k = parse_k(params, settings.max_k)
+        genre = params.get("genre") or None
+        genres = parse_genres(current, genre, "genre", settings.max_list_items)
+        scored = current.popular(k, genres, NO_ROWS)
+        return movie_list(request, current, scored, strategy="popular_fallback", k=k, genre=genre)
+
+    return routes

@@ -1,0 +1,109 @@
+"""Recommendations for a known user and for a new user from the movies they like."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from ..deps import Served, service_of, serving_engine
+from ..engine import NO_ROWS
+from ..params import (
+    ID_LIST_SCHEMA,
+    ID_SCHEMA,
+    check_genres,
+    check_k,
+    check_length,
+    k_param,
+    parse_bool,
+    parse_genres,
+    parse_id,
+    parse_id_list,
+    parse_k,
+    query,
+    query_docs,
+)
+from ..responses import movie_list
+from ..schemas import ColdStartRequest, ErrorMessage, InvalidInput, Recommendations
+from ..settings import ServingSettings
+
+
+def router(settings: ServingSettings) -> APIRouter:
+    routes = APIRouter(tags=["recommendations"])
+    rejected = {422: {"model": InvalidInput, "description": "invalid input; the detail names the field"}}
+
+    @routes.get(
+        "/users/{user_id}/recommendations",
+        response_model=Recommendations,
+        responses=rejected,
+        openapi_extra=query_docs(
+            ("user_id", "path", ID_SCHEMA, True, "the user"),
+            k_param(settings.max_k),
+            ("exclude", "query", ID_LIST_SCHEMA, False, "comma-separated movie ids never to return"),
+            ("genres", "query", {"type": "string"}, False, "comma-separated genres: only movies of these"),
+            ("explain", "query", {"type": "boolean"}, False, "say which liked movie contributed most"),
+        ),
+    )
+    async def recommend_for_user(request: Request) -> Response:
+        service = service_of(request)
+        current = serving_engine(service)
+        params, limit = query(request), settings.max_list_items
+        user_id = parse_id(request.path_params["user_id"], "user_id")
+        k = parse_k(params, settings.max_k)
+        excluded = parse_id_list(params.get("exclude"), "exclude", limit)
+        genres = parse_genres(current, params.get("genres"), "genres", limit)
+        explain = parse_bool(params.get("explain"), "explain")
+        exclude_rows = current.item_rows(np.array(excluded, dtype=np.int64)) if excluded else NO_ROWS
+        row = current.user_row(user_id)
+        if row is None:
+            service.metrics.fallbacks.labels("unknown_user").inc()
+            scored, strategy = current.popular(k, genres, exclude_rows), "popular_fallback"
+        else:
+            scored, strategy = current.recommend_known(row, k, exclude_rows, genres, explain)
+            if strategy == "popular_fallback":
+                service.metrics.fallbacks.labels("no_positives").inc()
+        return movie_list(
+            request,
+            current,
+            scored,
+            strategy=strategy,
+            k=k,
+            logged={"user_id": user_id},
+            model_kind=current.kind,
+            user_id=user_id,
+            unknown_movie_ids=[],
+        )
+
+    @routes.post(
+        "/recommendations",
+        response_model=Recommendations,
+        responses={400: {"model": ErrorMessage, "description": "the body is not JSON"}, **rejected},
+    )
+    async def recommend_cold_start(request: Request, current: Served, body: ColdStartRequest) -> Response:
+        limit = settings.max_list_items
+        check_length(body.liked, "liked", limit, "body")
+        check_length(body.genres, "genres", limit, "body")
+        check_genres(current, body.genres, "genres", "body")
+        check_k(body.k, settings.max_k, "body", body.k)
+        liked = np.array(body.liked, dtype=np.int64)
+        rows = current.lookup(current.item_ids, liked)
+        unknown = sorted({int(m) for m in liked[rows < 0]})
+        known = np.unique(rows[rows >= 0])
+        if known.size == 0:
+            service_of(request).metrics.fallbacks.labels("no_known_liked").inc()
+            scored, strategy = current.popular(body.k, body.genres, known), "popular_fallback"
+        else:
+            scored, strategy = current.recommend_liked(known, body.k, body.genres, body.explain), "fold_in"
+        return movie_list(
+            request,
+            current,
+            scored,
+            strategy=strategy,
+            k=body.k,
+            logged={"cold_start": True},
+            model_kind=current.kind,
+            user_id=None,
+            unknown_movie_ids=unknown,
+        )
+
+    return routes

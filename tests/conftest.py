@@ -58,3 +58,18 @@ def csv_dir(tmp_path: Path) -> Path:
     write_lines(directory / "movies.csv", CSV_MOVIES)
     write_lines(directory / "ratings.csv", CSV_RATINGS)
     return directory
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The serving tests' synthetic data (see serving_support), built once per session."""
+    from serving_support import serving_dataset
+
+    return serving_dataset(tmp_path_factory.mktemp("syn") / "d")
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory: pytest.TempPathFactory, dataset: dict) -> dict[str, Path]:
+    from serving_support import serving_bundles
+
+    return serving_bundles(tmp_path_factory.mktemp("bundles"), dataset)

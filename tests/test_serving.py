@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,128 +18,21 @@ import numpy as np
 import polars as pl
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
+from serving_support import (
+    DROPPED_USER,
+    NEGATIVE_USER,
+    Server,
+    settings_for,
+)
 
 from recsys_assets.modeling.index import build_index
-from recsys_assets.modeling.packaging import package_bundle
-from recsys_assets.modeling.recommenders import ALSParams
-from recsys_assets.modeling.training import TrainingPlan, train_and_evaluate
-from recsys_assets.processing.interactions import InteractionRules, build_interactions
-from recsys_assets.processing.splits import SplitRules, temporal_split
-from recsys_assets.sources.formats import read_movies, read_ratings
-from recsys_assets.sources.synthetic import SyntheticConfig, write_dataset
 from recsys_serving.bundle import load_bundle
 from recsys_serving.engine import NO_ROWS, Engine
-from recsys_serving.main import create_app
 from recsys_serving.promotion import promote
 from recsys_serving.request_log import RequestIds, RequestLog, RequestRecord
-from recsys_serving.settings import ServingSettings
-
-DROPPED_USER, NEGATIVE_USER = 10_001, 10_002
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    directory = write_dataset(
-        SyntheticConfig(n_users=300, n_movies=600, n_ratings=20_000, seed=9),
-        tmp_path_factory.mktemp("syn") / "d",
-    )
-    ratings, movies = read_ratings(directory), read_movies(directory)
-    # Two users the model never sees: two top ratings (the k-core drops them) and three low ones
-    # of the most popular movies (no positive at all).
-    popular = ratings.group_by("movie_id").len().sort("len", descending=True)["movie_id"].to_list()
-    extra = [(DROPPED_USER, m, 5.0) for m in popular[5:7]] + [(NEGATIVE_USER, m, 1.0) for m in popular[:3]]
-    ratings = pl.concat(
-        [
-            ratings,
-            pl.DataFrame(
-                {
-                    "user_id": [u for u, _, _ in extra],
-                    "movie_id": [m for _, m, _ in extra],
-                    "rating": [r for _, _, r in extra],
-                    "timestamp": [ratings["timestamp"].max()] * len(extra),
-                },
-                schema=ratings.schema,
-            ),
-        ]
-    )
-    interactions, _ = build_interactions(ratings, InteractionRules())
-    splits = temporal_split(interactions, SplitRules(strategy="leave_last_n", n=2))
-    return {"ratings": ratings, "movies": movies, "splits": splits}
-
-
-def build(root: Path, dataset: dict, factors: int, kind: str = "als") -> Path:
-    plan = TrainingPlan(
-        als=ALSParams(factors=factors, iterations=5), tune=False, bootstrap_samples=0, model_kind=kind
-    )
-    model = train_and_evaluate(dataset["splits"], plan, info=lambda _: None)
-    return package_bundle(
-        root,
-        model,
-        dataset["movies"],
-        dataset["ratings"],
-        dataset["splits"],
-        {"dataset": {"source": "synthetic test"}},
-    )
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory, dataset: dict) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("bundles")
-    return {
-        "a": build(root, dataset, 8),
-        "b": build(root, dataset, 16),
-        "ease": build(root, dataset, 8, "ease"),
-        "item_knn": build(root, dataset, 8, "item_knn"),
-    }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Server:
-    """uvicorn in a thread; leaving the context runs the app's shutdown (the request log flush)."""
-
-    def __init__(self, settings: ServingSettings):
-        self.app = create_app(settings)
-        self.port = free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> httpx.Client:
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        self.client = httpx.Client(base_url=self.url, timeout=10)
-        return self.client
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.close()
-        self.server.should_exit = True
-        self.thread.join(20)
-
-
-def settings_for(root: Path, tmp_path: Path, **overrides: object) -> ServingSettings:
-    values = {
-        "bundle_root": str(root),
-        "request_log": str(tmp_path / "requests.sqlite"),
-        "poll_seconds": 60.0,
-        "rate_limit_per_second": 0,
-        **overrides,
-    }
-    return ServingSettings(**values)
 
 
 @pytest.fixture
@@ -261,23 +153,39 @@ def test_movies_similar_and_not_found(served, bundles) -> None:
         ("post", "/recommendations", {"liked": list(range(501))}, 422, "liked"),
         ("post", "/recommendations", {"k": 3}, 422, "liked"),
         ("post", "/recommendations", {"liked": [1], "k": 1000}, 422, "k"),
+        ("post", "/recommendations", {"liked": [1], "genres": ["NoSuchGenre"]}, 422, "genres"),
+        ("post", "/recommendations", {"liked": [1], "genres": ["Drama"] * 501}, 422, "genres"),
+        ("get", "/users/-1/recommendations", None, 422, "user_id"),
+        ("get", "/movies/0/similar", None, 422, "movie_id"),
+        ("get", "/movies/0", None, 422, "movie_id"),
+        ("get", "/popular?genre=NoSuchGenre", None, 422, "genre"),
     ],
 )
 def test_bad_input_is_rejected_naming_the_field(served, method, path, payload, status, names) -> None:
+    """Every 422 has one shape, FastAPI's: a list of {type, loc, msg, input}, loc naming the field."""
     client, _ = served
     response = client.request(method.upper(), path, json=payload)
     assert response.status_code == status
-    assert names in json.dumps(response.json())
+    detail = response.json()["detail"]
+    assert isinstance(detail, list) and detail
+    assert all({"type", "loc", "msg", "input"} <= set(error) for error in detail)
+    assert names in [str(part) for error in detail for part in error["loc"]]
 
 
-def test_oversized_body_is_refused(served) -> None:
+def test_oversized_body_is_refused_declared_or_chunked(served) -> None:
     client, _ = served
-    response = client.post(
-        "/recommendations",
-        content=b'{"liked": [' + b"1," * 40_000 + b"1]}",
-        headers={"content-type": "application/json"},
-    )
-    assert response.status_code == 413
+    body = b'{"liked": [' + b"1," * 40_000 + b"1]}"
+
+    def chunked(payload: bytes) -> Iterator[bytes]:  # no Content-Length: Transfer-Encoding: chunked
+        for start in range(0, len(payload), 4096):
+            yield payload[start : start + 4096]
+
+    headers = {"content-type": "application/json"}
+    assert client.post("/recommendations", content=body, headers=headers).status_code == 413
+    refused = client.post("/recommendations", content=chunked(body), headers=headers)
+    assert refused.status_code == 413 and "bytes" in refused.json()["detail"]
+    small = client.post("/recommendations", content=chunked(b'{"liked": [], "k": 2}'), headers=headers)
+    assert small.status_code == 200 and len(small.json()["items"]) == 2
 
 
 def test_metrics_and_request_log(tmp_path: Path, bundles) -> None:

@@ -59,7 +59,9 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         settings,
         metrics,
         BundleManager(settings, metrics),
-        RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+        RateLimiter(
+            settings.rate_limit_per_second, settings.rate_limit_burst, settings.rate_limit_max_clients
+        ),
     )
     app = FastAPI(
         title="MovieLens recommendations",

@@ -39,6 +39,9 @@ class Metrics:
             "1 while the promoted bundle cannot be resolved or loaded (the loaded one keeps serving)",
             registry=self.registry,
         )
+        self.rate_limit_clients = Gauge(
+            "recsys_rate_limit_clients", "Clients with a rate-limit bucket (capped)", registry=self.registry
+        )
         self.log_pending = Gauge(
             "recsys_request_log_pending", "Request-log rows waiting to be written", registry=self.registry
         )

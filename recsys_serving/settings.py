@@ -32,6 +32,7 @@ class ServingSettings(BaseSettings):
     admin_api_key: str | None = None
     rate_limit_per_second: float = Field(200.0, ge=0)  # per client; 0 disables
     rate_limit_burst: int = Field(400, ge=1)
+    rate_limit_max_clients: int = Field(10_000, ge=1)  # buckets kept; idle, then oldest, go first
     # Who a client is for the rate limit: its address, or its X-API-Key when it sends one.
     rate_limit_key: Literal["address", "api_key"] = "address"
     # Reverse proxies in front of the API whose X-Forwarded-For is trusted (0: use the peer).

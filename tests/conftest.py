@@ -14,7 +14,7 @@ ML_SMALL_DEFAULT = project_root().parent / "shared" / "movielens" / "ml-latest-s
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test reads the developer's RECSYS_* settings or writes into the checkout's data/."""
     for name in list(os.environ):
-        if name.startswith("RECSYS_") and name != "RECSYS_TEST_ML_LATEST_SMALL":
+        if name.startswith("RECSYS_") and not name.startswith("RECSYS_TEST_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("RECSYS_DATA_ROOT", str(tmp_path / "data"))
     monkeypatch.setenv("RECSYS_ALLOW_DOWNLOAD", "false")

@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -217,13 +218,16 @@ def test_broken_pointers_and_removed_bundles_keep_the_loaded_one_serving(tmp_pat
 
 
 @contextmanager
-def api_process(root: Path, log: Path, port: int) -> Iterator[subprocess.Popen]:
+def api_process(
+    root: Path, log: Path, port: int, settings: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
     env = {
         **os.environ,
         "RECSYS_BUNDLE_ROOT": str(root),
         "RECSYS_REQUEST_LOG": str(log),
         "RECSYS_REQUEST_LOG_FLUSH_SECONDS": "0.2",
         "RECSYS_RATE_LIMIT_PER_SECOND": "0",
+        **(settings or {}),
     }
     command = [sys.executable, "-m", "uvicorn", "recsys_serving.main:app", "--port", str(port)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -262,3 +266,144 @@ def test_kill_9_loses_at_most_the_flush_window_and_logging_resumes(tmp_path: Pat
         for _ in range(5):
             httpx.get(url)
     assert logged_rows(log) == survived + 5  # graceful stop this time: every row
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_soak_mixed_traffic_with_hot_swaps(tmp_path: Path, bundles) -> None:
+    """Mixed valid and invalid requests from 16 threads, each from its own forwarded address, with
+    the promoted bundle switched every two seconds (RECSYS_TEST_SOAK_SECONDS long, 20 by default): no
+    5xx, every recommendation exactly its bundle's, memory flat (rate-limit buckets capped),
+    every request that reached a logged route in the request log after a graceful stop."""
+    seconds = float(os.environ.get("RECSYS_TEST_SOAK_SECONDS", "20"))
+    root, log, port = bundle_root(tmp_path, bundles, "a", "b"), tmp_path / "requests.sqlite", free_port()
+    engines = {name: Engine(load_bundle(bundles[name])) for name in ("a", "b")}
+    users = [int(u) for u in engines["a"].user_ids[:20]]
+    expected = {
+        (engine.version, user): engine.item_ids[
+            engine.recommend_known(engine.user_row(user), 10, NO_ROWS, [], False)[0].rows
+        ].tolist()
+        for engine in engines.values()
+        for user in users
+    }
+    movie = int(engines["a"].item_ids[0])
+    requests = [  # (method, path, json body, logged route)
+        ("GET", "/users/{user}/recommendations", None, True),
+        ("GET", "/users/{user}/recommendations?k=0", None, True),
+        ("GET", "/users/abc/recommendations", None, True),
+        ("GET", "/users/{user}/recommendations?genres=NoSuchGenre", None, True),
+        ("POST", "/recommendations", {"liked": [movie], "k": 5}, True),
+        ("POST", "/recommendations", {"liked": "not a list"}, True),
+        ("POST", "/recommendations", {"liked": list(range(30_000))}, False),  # over the body limit
+        ("GET", f"/movies/{movie}/similar?k=5", None, True),
+        ("GET", "/popular?genre=Drama", None, True),
+        ("GET", "/no/such/route", None, False),
+        ("GET", "/health", None, False),
+    ]
+    env = {"RECSYS_TRUSTED_PROXY_HOPS": "1", "RECSYS_RATE_LIMIT_PER_SECOND": "1000"}
+    env |= {"RECSYS_RATE_LIMIT_MAX_CLIENTS": "500", "RECSYS_POLL_SECONDS": "0.2"}
+    results: list[tuple[str, int, dict | None, int]] = []
+    with api_process(root, log, port, env) as process:
+        base = f"http://127.0.0.1:{port}"
+        stop = time.time() + seconds
+
+        def worker(seed: int) -> None:
+            rng = np.random.default_rng(seed)
+            with httpx.Client(base_url=base, timeout=30) as client:
+                while time.time() < stop:
+                    method, path, body, logged = requests[rng.integers(len(requests))]
+                    user = users[rng.integers(len(users))]
+                    forwarded = f"10.{rng.integers(256)}.{rng.integers(256)}.{rng.integers(256)}"
+                    response = client.request(
+                        method, path.format(user=user), json=body, headers={"X-Forwarded-For": forwarded}
+                    )
+                    parsed = response.json() if "json" in response.headers.get("content-type", "") else None
+                    results.append((path.format(user=user), response.status_code, parsed, int(logged)))
+
+        threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(16)]
+        for thread in threads:
+            thread.start()
+        memory = []
+        versions = [bundles["b"].name, bundles["a"].name]
+        while time.time() < stop:
+            time.sleep(2)
+            promote(root, versions[len(memory) % 2], reason="soak swap")
+            memory.append(rss_mib(process.pid))
+        for thread in threads:
+            thread.join()
+        scraped = httpx.get(f"{base}/metrics").text
+    clients = float(scraped.split("\nrecsys_rate_limit_clients ")[1].split()[0])
+    assert 0 < clients <= 500 < len(results)  # each request came from its own address
+    print(f"soak: {len(results)} requests in {seconds:g}s, resident MiB per swap {memory}")
+    statuses = [status for _, status, _, _ in results]
+    assert len(results) > 500 and max(statuses) < 500, sorted(set(statuses))
+    served_versions = set()
+    for path, status, body, _ in results:
+        if status == 200 and path.endswith("/recommendations") and path.startswith("/users/"):
+            user = int(path.split("/")[2])
+            served_versions.add(body["bundle_version"])
+            assert [i["movieId"] for i in body["items"]] == expected[(body["bundle_version"], user)]
+    assert served_versions == {bundles["a"].name, bundles["b"].name}
+    # Flat: after the first swaps have loaded both bundles, resident memory stops growing.
+    assert memory[-1] - min(memory[1:]) < 40, memory
+    reached_route = sum(logged for _, status, _, logged in results if status != 413)
+    assert logged_rows(log) == reached_route
+
+
+def start_mlflow(store: Path, port: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    eventually(lambda: _answers(f"http://127.0.0.1:{port}/health"), timeout=90)
+    return process
+
+
+def test_mlflow_down_in_alias_mode_keeps_serving_and_recovers(
+    tmp_path: Path, bundles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry server stops while the API serves its alias: the loaded bundle keeps serving,
+    /ready says the registry is unreachable, and when the server is back (with the alias moved)
+    the API follows unaided."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast while it is down
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    store, port, name = tmp_path / "mlflow.db", free_port(), "movielens-als"
+    uri = f"http://127.0.0.1:{port}"
+    a, b = load_bundle(bundles["a"]), load_bundle(bundles["b"])
+    registry = start_mlflow(store, port)
+    try:
+        client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.create_registered_model(name)
+        for bundle in (a, b):
+            run = client.create_run("0")
+            client.create_model_version(
+                name,
+                source=f"{run.info.artifact_uri}/bundle",
+                run_id=run.info.run_id,
+                tags={"bundle_path": str(bundle.path)},
+            )
+        client.set_registered_model_alias(name, "champion", "1")
+        settings = settings_for(
+            tmp_path / "unused", tmp_path, model_alias="champion", mlflow_tracking_uri=uri, poll_seconds=0.2
+        )
+        with Server(settings) as api:
+            assert api.get("/ready").json()["bundle_version"] == a.version
+            registry.terminate()
+            registry.wait(30)
+            error = eventually(lambda: api.get("/ready").json()["error"], timeout=30)
+            assert "cannot resolve the promoted bundle" in error
+            response = api.get(f"/users/{int(a.user_ids[0])}/recommendations")
+            assert response.status_code == 200 and response.json()["bundle_version"] == a.version
+            registry = start_mlflow(store, port)
+            client.set_registered_model_alias(name, "champion", "2")
+            eventually(lambda: api.get("/ready").json()["bundle_version"] == b.version, timeout=30)
+            assert api.get("/ready").json()["error"] is None
+    finally:
+        registry.terminate()
+        registry.wait(30)

@@ -58,6 +58,7 @@ def router() -> APIRouter:
     async def prometheus_metrics(request: Request) -> Response:
         service = service_of(request)
         metrics, log = service.metrics, service.request_log
+        metrics.rate_limit_clients.set(len(service.limiter.buckets))
         if log is not None:
             metrics.log_pending.set(log.pending)
             metrics.log_written.set(log.written)

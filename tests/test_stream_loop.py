@@ -18,7 +18,7 @@ from recsys_assets.champion import champion_lineage, registry_client, rollback
 from recsys_assets.definitions import all_assets, all_checks
 from recsys_assets.definitions import defs as main_defs
 from recsys_assets.defs.modeling import ALSModelConfig
-from recsys_assets.defs.partitions import rating_batches
+from recsys_assets.defs.partitions import RATING_BATCH, rating_batches
 from recsys_assets.defs.promotion import PromotionConfig
 from recsys_assets.defs.resources import (
     AtomicFileIOManager,
@@ -32,6 +32,7 @@ from recsys_assets.defs.streaming import drift_report, rating_batch, rating_batc
 from recsys_assets.sources.formats import read_ratings
 from recsys_assets.sources.synthetic import SyntheticConfig, write_dataset
 from recsys_assets.streaming.simulator import parse_faults, simulate
+from recsys_assets.streaming.store import content_hash
 from recsys_serving.promotion import promoted_version
 
 FAST = ALSModelConfig(tune=False, factors=32, iterations=10, bootstrap_samples=50)
@@ -306,3 +307,39 @@ def test_original_and_redelivery_in_one_tick_keep_the_first_delivered(tmp_path: 
     )
     assert [r.partition_key for r in result.run_requests] == [original.stem]
     assert original.is_file() and (folders.duplicates / again.name).is_file()
+
+
+def test_a_reset_cursor_never_registers_a_batch_twice(tmp_path: Path) -> None:
+    """The hashes the instance recorded decide, not only the cursor: with the cursor lost, a file
+    still waiting for its run is requested under its registered partition, and a byte-identical
+    copy of an ingested batch is set aside."""
+    stream = StreamStore(root=str(tmp_path / "stream"))
+    folders = stream.folders()
+    folders.incoming.mkdir(parents=True)
+    waiting, ingested = folders.incoming / "ratings-b.csv", folders.incoming / "ratings-a.csv"
+    ingested.write_text("userId,movieId,rating,timestamp\n1,1,4.0,1500000000\n")
+    waiting.write_text("userId,movieId,rating,timestamp\n1,2,4.0,1500000000\n")
+    instance = dg.DagsterInstance.ephemeral()
+
+    def tick() -> dg.SensorResult:  # a fresh cursor every time
+        result = rating_batch_sensor(dg.build_sensor_context(instance=instance, resources={"stream": stream}))
+        for request in result.dynamic_partitions_requests or []:
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        return result
+
+    first = tick()
+    assert sorted(r.partition_key for r in first.run_requests) == ["ratings-a", "ratings-b"]
+    # ratings-a is ingested (its file moves to accepted/, its hash is recorded); ratings-b's run
+    # has not happened yet.
+    folders.accepted.mkdir()
+    digest = content_hash(ingested)
+    ingested.rename(folders.accepted / ingested.name)
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(RATING_BATCH, partition="ratings-a", metadata={"sha256": digest})
+    )
+    (folders.incoming / "ratings-a.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,1500000000\n")
+    second = tick()
+    assert [r.partition_key for r in second.run_requests] == ["ratings-b"]
+    assert not second.dynamic_partitions_requests
+    assert (folders.duplicates / "ratings-a.csv").is_file()
+    assert sorted(instance.get_dynamic_partitions(rating_batches.name)) == ["ratings-a", "ratings-b"]

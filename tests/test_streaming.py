@@ -14,6 +14,7 @@ import pytest
 from recsys_assets.sources.formats import LAYOUTS, DataFormatError, read_table
 from recsys_assets.sources.synthetic import SyntheticConfig, generate, write_dataset
 from recsys_assets.streaming.drift import DriftThresholds, kl_divergence, measure_drift, psi
+from recsys_assets.streaming.registration import Delivered, RegistrationPlan, plan_registrations
 from recsys_assets.streaming.simulator import (
     SimulatorState,
     cut_batches,
@@ -132,3 +133,23 @@ def test_drift_flags_a_shifted_batch_and_not_a_fair_one(synthetic) -> None:
     assert measure_drift(history, strangers, movies).new_user_share == 1.0
     empty = measure_drift(history, ordinary.clear(), movies)
     assert empty.volume_ratio == 0 and any("volume" in r for r in empty.reasons)
+
+
+def test_registration_plan_branches() -> None:
+    a, a_copy, a_fixed = Delivered("a", "1" * 64), Delivered("a-again", "1" * 64), Delivered("a", "2" * 64)
+    new, waiting = Delivered("n", "3" * 64), Delivered("w", "4" * 64)
+    plan = plan_registrations(
+        [a_copy, a_fixed, new, waiting, Delivered("n-copy", "3" * 64)],
+        known={"1" * 64: "a"},
+        registered={"a", "w"},
+        ingested={},
+    )
+    assert plan.redelivered == [(a_copy, "a"), (Delivered("n-copy", "3" * 64), "n")]
+    assert plan.register == [(a_fixed, "a-22222222"), (new, "n")]  # a corrected file gets its own name
+    assert plan.waiting == [(waiting, "w")]  # registered, unknown to the (reset) cursor
+    assert plan.known == {"1" * 64: "a", "2" * 64: "a-22222222", "3" * 64: "n", "4" * 64: "w"}
+    # Known to the cursor under its own name: already requested, nothing to do.
+    assert plan_registrations([a], {"1" * 64: "a"}, {"a"}, {}) == RegistrationPlan(known={"1" * 64: "a"})
+    # The same bytes under the same name after ingestion: a re-delivery, whatever the cursor says.
+    again = plan_registrations([a], {}, {"a"}, {"a": "1" * 64})
+    assert again.redelivered == [(a, "a")] and not again.register and not again.waiting

@@ -21,6 +21,7 @@ from ..streaming.drift import (
     measure_drift,
     rating_shares,
 )
+from ..streaming.registration import Delivered, plan_registrations
 from ..streaming.store import BATCH_COLUMN, content_hash, read_batch
 from ..validation.suites import ratings_expectations, validate
 from .metadata import frame_metadata, markdown_table
@@ -277,32 +278,49 @@ ingest_batch_job = dg.define_asset_job(
 )
 def rating_batch_sensor(context: dg.SensorEvaluationContext, stream: StreamStore) -> dg.SensorResult:
     folders = stream.folders()
-    # The cursor maps content hashes to the partition each was registered as.
-    known: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    registered = set(context.instance.get_dynamic_partitions(rating_batches.name))
-    new_partitions: list[str] = []
-    requests: list[dg.RunRequest] = []
-    for path in folders.pending():
-        digest = content_hash(path)
-        if digest in known:
-            if known[digest] != path.stem:
-                moved = folders.set_aside_duplicate(path, known[digest])
-                context.log.info(
-                    f"{path.name} re-delivers batch {known[digest]}: set aside in {moved.parent}"
-                )
-            continue  # otherwise registered already and waiting for its run
-        partition = path.stem
-        if partition in registered or partition in new_partitions:
-            # Same name, different bytes: a corrected delivery becomes its own partition.
-            partition = f"{path.stem}-{digest[:8]}"
-            path = path.rename(path.with_name(f"{partition}{path.suffix}"))
-        known[digest] = partition
-        new_partitions.append(partition)
-        requests.append(dg.RunRequest(partition_key=partition, run_key=f"{partition}:{digest[:16]}"))
+    pending = {path.stem: path for path in folders.pending()}
+    plan = plan_registrations(
+        [Delivered(stem, content_hash(path)) for stem, path in pending.items()],
+        known=json.loads(context.cursor) if context.cursor else {},
+        registered=set(context.instance.get_dynamic_partitions(rating_batches.name)),
+        ingested=_ingested_digests(context.instance),
+    )
+    for file, original in plan.redelivered:
+        moved = folders.set_aside_duplicate(pending[file.stem], original)
+        context.log.info(f"{file.stem} re-delivers batch {original}: set aside in {moved.parent}")
+    requests = []
+    for file, partition in plan.register + plan.waiting:
+        path = pending[file.stem]
+        if partition != file.stem:  # a corrected delivery under a taken name
+            path.rename(path.with_name(f"{partition}{path.suffix}"))
+        requests.append(dg.RunRequest(partition_key=partition, run_key=f"{partition}:{file.digest[:16]}"))
+    cursor = json.dumps(plan.known)
     if not requests:
-        return dg.SensorResult(skip_reason="no new batch files", cursor=json.dumps(known))
+        return dg.SensorResult(skip_reason="no new batch files", cursor=cursor)
+    new_partitions = [partition for _, partition in plan.register]
     return dg.SensorResult(
         run_requests=requests,
-        dynamic_partitions_requests=[rating_batches.build_add_request(new_partitions)],
-        cursor=json.dumps(known),
+        dynamic_partitions_requests=[rating_batches.build_add_request(new_partitions)]
+        if new_partitions
+        else [],
+        cursor=cursor,
     )
+
+
+def _ingested_digests(instance: dg.DagsterInstance) -> dict[str, str]:
+    """partition -> sha256 of the file each ingested batch was read from (its latest ingestion)."""
+    digests: dict[str, str] = {}
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=RATING_BATCH), limit=1000, cursor=cursor, ascending=True
+        )
+        for record in page.records:
+            entry = (
+                record.asset_materialization.metadata.get("sha256") if record.asset_materialization else None
+            )
+            if entry is not None and record.partition_key:
+                digests[record.partition_key] = str(entry.value)
+        if not page.has_more:
+            return digests
+        cursor = page.cursor

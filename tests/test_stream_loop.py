@@ -18,7 +18,7 @@ from recsys_assets.champion import champion_lineage, registry_client, rollback
 from recsys_assets.definitions import all_assets, all_checks
 from recsys_assets.definitions import defs as main_defs
 from recsys_assets.defs.modeling import ALSModelConfig
-from recsys_assets.defs.partitions import RATING_BATCH, rating_batches
+from recsys_assets.defs.partitions import DRIFT_REPORT, RATING_BATCH, rating_batches
 from recsys_assets.defs.promotion import PromotionConfig
 from recsys_assets.defs.resources import (
     AtomicFileIOManager,
@@ -183,7 +183,7 @@ def test_batches_flow_through_sensor_validation_drift_and_promotion(loop: Loop) 
     requested = retrain_sensor(context)
     assert len(requested.run_requests) == 1 and requested.run_requests[0].job_name in (None, "retrain")
     again = retrain_sensor(dg.build_sensor_context(instance=loop.instance, cursor=requested.cursor))
-    assert isinstance(again, dg.SkipReason)
+    assert not again.run_requests and again.skip_reason
 
     retrained = loop.train(RETRAIN, promotion=PromotionConfig(tolerance=1.0))
     assert retrained["training_ratings"]["streamed_ratings"].value == 1800  # the accepted batches only
@@ -256,7 +256,9 @@ def test_schedule_and_sensor_definitions_evaluate() -> None:
     [request] = list(weekly_retrain.evaluate_tick(context).run_requests)
     assert request.job_name in (None, "retrain")
     assert weekly_retrain.cron_schedule == "0 4 * * 1"
-    assert isinstance(retrain_sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
+    assert "no new drift reports" in str(
+        retrain_sensor(dg.build_sensor_context(instance=instance)).skip_reason
+    )
     dg.Definitions.validate_loadable(main_defs)
     dg.Definitions.validate_loadable(stream_definitions.defs)
     assert main_defs.resolve_sensor_def("retrain_sensor").default_status == dg.DefaultSensorStatus.RUNNING
@@ -343,3 +345,26 @@ def test_a_reset_cursor_never_registers_a_batch_twice(tmp_path: Path) -> None:
     assert not second.dynamic_partitions_requests
     assert (folders.duplicates / "ratings-a.csv").is_file()
     assert sorted(instance.get_dynamic_partitions(rating_batches.name)) == ["ratings-a", "ratings-b"]
+
+
+def test_retrain_sensor_waits_while_a_retrain_runs(tmp_path: Path) -> None:
+    """A drift report asks for a retrain while one is running: nothing is requested and the cursor
+    stays, so the request is acted on once the running retrain has finished."""
+    from dagster._core.storage.dagster_run import DagsterRun
+    from dagster._core.utils import make_new_run_id
+
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(rating_batches.name, ["zeta", "alpha"])  # names do not sort by time
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(DRIFT_REPORT, partition="alpha", metadata={"retrain_requested": True})
+    )
+    running = instance.add_run(
+        DagsterRun(job_name="retrain", run_id=make_new_run_id(), status=dg.DagsterRunStatus.STARTED)
+    )
+    waiting = retrain_sensor(dg.build_sensor_context(instance=instance))
+    assert not waiting.run_requests and waiting.cursor is None
+    assert "already running" in str(waiting.skip_reason)
+    instance.report_run_failed(running)
+    requested = retrain_sensor(dg.build_sensor_context(instance=instance))
+    [request] = requested.run_requests
+    assert request.tags["recsys/batches"] == "alpha" and requested.cursor is not None

@@ -5,16 +5,19 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 
+from recsys_assets.modeling.promotion import PromotionFacts, Verdict, settle_before_comparing
 from recsys_assets.sources.formats import LAYOUTS, DataFormatError, read_table
 from recsys_assets.sources.synthetic import SyntheticConfig, generate, write_dataset
 from recsys_assets.streaming.drift import DriftThresholds, kl_divergence, measure_drift, psi
 from recsys_assets.streaming.registration import Delivered, RegistrationPlan, plan_registrations
+from recsys_assets.streaming.retrain import DriftSignal, RetrainDecision, decide_retrain, window_batches
 from recsys_assets.streaming.simulator import (
     SimulatorState,
     cut_batches,
@@ -153,3 +156,35 @@ def test_registration_plan_branches() -> None:
     # The same bytes under the same name after ingestion: a re-delivery, whatever the cursor says.
     again = plan_registrations([a], {}, {"a"}, {"a": "1" * 64})
     assert again.redelivered == [(a, "a")] and not again.register and not again.waiting
+
+
+def test_retrain_decision_and_drift_window_follow_registration_order() -> None:
+    trained = {"zeta"}
+    signals = [DriftSignal(1, "zeta", True), DriftSignal(2, "alpha", False), DriftSignal(3, "mid", True)]
+    assert decide_retrain([], trained, False) == RetrainDecision([], None, "no new drift reports")
+    asked = decide_retrain(signals, trained, False)
+    assert asked.batches == ["mid"] and asked.cursor == 3  # zeta's request is satisfied already
+    assert decide_retrain(signals, trained, True).cursor is None  # wait for the running retrain
+    quiet = decide_retrain(signals[:2], trained, False)
+    assert not quiet.batches and quiet.cursor == 2
+    # Registered zeta, alpha, mid (names sort the other way): alpha's window holds zeta and alpha.
+    registered, accepted = ["zeta", "alpha", "mid"], {"zeta", "alpha", "mid"}
+    assert window_batches(registered, accepted, set(), "alpha") == ["zeta", "alpha"]
+    assert window_batches(registered, accepted, {"zeta"}, "mid") == ["alpha", "mid"]
+    assert window_batches(registered, accepted - {"alpha"}, set(), "mid") == ["zeta", "mid"]
+
+
+def test_promotion_settles_what_needs_no_comparison() -> None:
+    passed = {"raw_ratings_expectations": "passed", "faiss_index_recall": "not evaluated"}
+    facts = PromotionFacts("v2", "v1", passed, champion_source="ml", challenger_source="ml")
+    assert settle_before_comparing(facts) is None  # compare on the window
+    failed = settle_before_comparing(replace(facts, checks={**passed, "faiss_index_recall": "failed"}))
+    assert failed == Verdict(False, "a blocking check failed: faiss_index_recall")
+    assert settle_before_comparing(replace(facts, champion=None)).promote
+    assert not settle_before_comparing(replace(facts, champion="v2")).promote
+    broken = settle_before_comparing(replace(facts, champion_problem="manifest.json missing"))
+    assert broken.promote and "cannot be loaded" in broken.reason
+    other = settle_before_comparing(replace(facts, challenger_source="synthetic"))
+    assert not other.promote and "not comparable" in other.reason
+    # A failed check outranks everything, even a missing champion.
+    assert not settle_before_comparing(replace(facts, champion=None, checks={"x": "failed"})).promote

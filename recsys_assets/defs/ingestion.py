@@ -9,7 +9,7 @@ from ..streaming.simulator import parse_day
 from ..streaming.store import BATCH_COLUMN
 from ..validation.suites import ratings_expectations, validate
 from .metadata import frame_metadata, upstream_source
-from .partitions import rating_batch_spec
+from .partitions import rating_batch_spec, rating_batches
 from .resources import DatasetSource, StreamStore
 from .validation import report_result
 
@@ -88,7 +88,9 @@ def training_ratings(
     combined = pl.concat([history, streamed]).unique(
         ["user_id", "movie_id", "timestamp"], keep="first", maintain_order=True
     )
-    batches = streamed[BATCH_COLUMN].unique().sort().to_list()
+    included = set(streamed[BATCH_COLUMN].unique().to_list())
+    registered = context.instance.get_dynamic_partitions(rating_batches.name)
+    batches = [b for b in registered if b in included] + sorted(included - set(registered))
     context.add_output_metadata(
         {
             **frame_metadata(combined, upstream_source(context)),
@@ -96,7 +98,8 @@ def training_ratings(
             "streamed_ratings": len(streamed),
             "repeated_events_dropped": len(history) + len(streamed) - len(combined),
             "accepted_batches": len(batches),
-            "latest_batch": batches[-1] if batches else "",
+            "latest_batch": batches[-1] if batches else "",  # the last registered
+            "trained_batches": dg.MetadataValue.json(batches),
             "last_rating": iso_time(combined["timestamp"].max()) or "",
             "users": combined["user_id"].n_unique(),
             "movies_rated": combined["movie_id"].n_unique(),

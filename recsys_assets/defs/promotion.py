@@ -12,6 +12,7 @@ from recsys_serving.promotion import promoted_version
 
 from ..champion import make_champion
 from ..modeling.comparison import Comparison, PromotionRule, compare_bundles
+from ..modeling.promotion import PromotionFacts, settle_before_comparing
 from ..processing.splits import iso_time
 from .metadata import upstream_source
 from .plots import methods_chart
@@ -85,40 +86,32 @@ def promotion_decision(
     checks = _check_states(context.instance)
     comparison: Comparison | None = None
     kinds: dict[str, str] = {}
-
-    if any(state == "failed" for state in checks.values()):
-        promote, reason = (
-            False,
-            "a blocking check failed: " + ", ".join(k for k, v in checks.items() if v == "failed"),
-        )
-    elif champion_version is None:
-        promote, reason = True, "first bundle: no champion yet"
-    elif champion_version == challenger_version:
-        promote, reason = False, "the challenger is already the champion"
-    else:
+    challenger = champion = None
+    problem = None
+    if champion_version not in (None, challenger_version) and "failed" not in checks.values():
         challenger = load_bundle(production_bundle["path"])
         try:
             champion = load_bundle(root / champion_version)
         except BundleError as exc:
-            champion = None
-            promote, reason = True, f"the champion {champion_version} cannot be loaded ({exc})"
-        if champion is not None:
-            sources = (champion.manifest["dataset"]["source"], challenger.manifest["dataset"]["source"])
-            if sources[0] != sources[1]:
-                promote, reason = (
-                    False,
-                    (
-                        f"not comparable: the champion was trained on {sources[0]}, the challenger on "
-                        f"{sources[1]} (use `recsys-promote promote {challenger_version}` to switch data)"
-                    ),
-                )
-            else:
-                history = pl.concat([temporal_splits["train"], temporal_splits["validation"]])
-                comparison = compare_bundles(
-                    champion, challenger, history, temporal_splits["test"], n_boot=config.bootstrap_samples
-                )
-                promote, reason = rule.decide(comparison)
-                kinds = {"champion": champion.kind, "challenger": challenger.kind}
+            problem = str(exc)
+    facts = PromotionFacts(
+        challenger=challenger_version,
+        champion=champion_version,
+        checks=checks,
+        champion_problem=problem,
+        champion_source=champion.manifest["dataset"]["source"] if champion else None,
+        challenger_source=challenger.manifest["dataset"]["source"] if challenger else None,
+    )
+    verdict = settle_before_comparing(facts)
+    if verdict is not None:
+        promote, reason = verdict.promote, verdict.reason
+    else:
+        history = pl.concat([temporal_splits["train"], temporal_splits["validation"]])
+        comparison = compare_bundles(
+            champion, challenger, history, temporal_splits["test"], n_boot=config.bootstrap_samples
+        )
+        promote, reason = rule.decide(comparison)
+        kinds = {"champion": champion.kind, "challenger": challenger.kind}
 
     outcome = "promoted" if promote else "rejected"
     if promote:

@@ -6,6 +6,7 @@ everything from ``training_ratings`` down, ending in ``promotion_decision``.
 
 import dagster as dg
 
+from ..streaming.retrain import DriftSignal, decide_retrain
 from .partitions import DRIFT_REPORT
 
 retrain_job = dg.define_asset_job(
@@ -32,10 +33,10 @@ IN_FLIGHT = [
 ]
 
 
-def _latest_trained_batch(instance: dg.DagsterInstance) -> str:
+def _trained_batches(instance: dg.DagsterInstance) -> set[str]:
     event = instance.get_latest_materialization_event(dg.AssetKey("training_ratings"))
-    entry = event.asset_materialization.metadata.get("latest_batch") if event else None
-    return str(entry.value) if entry is not None else ""
+    entry = event.asset_materialization.metadata.get("trained_batches") if event else None
+    return set(entry.value) if entry is not None else set()
 
 
 @dg.sensor(
@@ -45,37 +46,32 @@ def _latest_trained_batch(instance: dg.DagsterInstance) -> str:
     description="Requests a retrain when a drift_report materialisation sets retrain_requested "
     "(drift past a threshold, or enough new ratings since the last training).",
 )
-def retrain_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+def retrain_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     after = int(context.cursor) if context.cursor else 0
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=DRIFT_REPORT, after_storage_id=after), limit=1000, ascending=True
     ).records
-    if not records:
-        return dg.SkipReason("no new drift reports")
-    trained_through = _latest_trained_batch(context.instance)
-    asking = []
+    signals = []
     for record in records:
         metadata = record.asset_materialization.metadata if record.asset_materialization else {}
         entry = metadata.get("retrain_requested")
-        # A request is satisfied once a training included its batch (batch names sort by time).
-        if entry is not None and entry.value and (record.partition_key or "") > trained_through:
-            asking.append(record)
-    newest = str(records[-1].storage_id)
-    if not asking:
-        return dg.SensorResult(
-            skip_reason=f"{len(records)} drift report(s), none asks for a retrain on untrained batches",
-            cursor=newest,
+        signals.append(
+            DriftSignal(record.storage_id, record.partition_key or "", bool(entry and entry.value))
         )
-    if context.instance.get_runs(dg.RunsFilter(job_name=retrain_job.name, statuses=IN_FLIGHT), limit=1):
-        # Keep the cursor: the request is looked at again once the running retrain is done.
-        return dg.SkipReason("a retrain is already running")
-    batches = [r.partition_key for r in asking]
+    running = bool(
+        signals
+        and context.instance.get_runs(dg.RunsFilter(job_name=retrain_job.name, statuses=IN_FLIGHT), limit=1)
+    )
+    decision = decide_retrain(signals, _trained_batches(context.instance), running)
+    cursor = str(decision.cursor) if decision.cursor is not None else context.cursor
+    if not decision.batches:
+        return dg.SensorResult(skip_reason=decision.reason, cursor=cursor)
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
-                run_key=f"retrain-after-{newest}",
-                tags={"recsys/trigger": "drift", "recsys/batches": ",".join(b or "" for b in batches)[:200]},
+                run_key=f"retrain-after-{decision.cursor}",
+                tags={"recsys/trigger": "drift", "recsys/batches": ",".join(decision.batches)[:200]},
             )
         ],
-        cursor=newest,
+        cursor=cursor,
     )

@@ -22,6 +22,7 @@ from ..streaming.drift import (
     rating_shares,
 )
 from ..streaming.registration import Delivered, plan_registrations
+from ..streaming.retrain import window_batches
 from ..streaming.store import BATCH_COLUMN, content_hash, read_batch
 from ..validation.suites import ratings_expectations, validate
 from .metadata import frame_metadata, markdown_table
@@ -196,7 +197,12 @@ def drift_report(
     folders = stream.folders()
     name = context.partition_key
     trained = set(training_ratings[BATCH_COLUMN].drop_nulls().unique().to_list())
-    unseen = [b for b in folders.accepted_names() if b not in trained and b <= name]
+    unseen = window_batches(
+        context.instance.get_dynamic_partitions(rating_batches.name),
+        set(folders.accepted_names()),
+        trained,
+        name,
+    )
     window = folders.accepted_ratings(unseen) if unseen else rating_batch
     thresholds = config.thresholds()
     batch_drift = measure_drift(training_ratings, rating_batch, raw_movies, thresholds)

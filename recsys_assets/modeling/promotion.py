@@ -1,0 +1,46 @@
+"""Whether a challenger bundle replaces the champion: the decisions that need no comparison.
+
+``promotion_decision`` gathers the facts (check states, the two versions, whether the champion
+loads, what each was trained on) and asks :func:`settle_before_comparing`; only when that returns
+None are the two bundles compared on the held-out window, by :class:`PromotionRule`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PromotionFacts:
+    challenger: str
+    champion: str | None  # the served version, None before the first promotion
+    checks: dict[str, str]  # blocking check -> "passed" | "failed" | "not evaluated"
+    champion_problem: str | None = None  # why the champion cannot be loaded
+    champion_source: str | None = None  # the data each was trained on (when both load)
+    challenger_source: str | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    promote: bool
+    reason: str
+
+
+def settle_before_comparing(facts: PromotionFacts) -> Verdict | None:
+    """The verdict when the facts alone decide, in this order; None when a comparison must."""
+    failed = [name for name, state in facts.checks.items() if state == "failed"]
+    if failed:
+        return Verdict(False, "a blocking check failed: " + ", ".join(failed))
+    if facts.champion is None:
+        return Verdict(True, "first bundle: no champion yet")
+    if facts.champion == facts.challenger:
+        return Verdict(False, "the challenger is already the champion")
+    if facts.champion_problem is not None:
+        return Verdict(True, f"the champion {facts.champion} cannot be loaded ({facts.champion_problem})")
+    if facts.champion_source != facts.challenger_source:
+        return Verdict(
+            False,
+            f"not comparable: the champion was trained on {facts.champion_source}, the challenger on "
+            f"{facts.challenger_source} (use `recsys-promote promote {facts.challenger}` to switch data)",
+        )
+    return None

@@ -8,8 +8,9 @@ export DAGSTER_HOME := $(CURDIR)/dagster_home
 .PHONY: install demo serve materialize ui mlflow test lint clean
 
 $(STAMP): pyproject.toml
+	@echo "==> installing into $(VENV): a few minutes on a fresh machine, pip's progress follows"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar on -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -3,6 +3,7 @@
     python benchmarks/serve_bench.py                       # ml-latest-small beside the checkout
     python benchmarks/serve_bench.py --synthetic 1000000   # or synthetic data of that size
     python benchmarks/serve_bench.py --kind ease            # a bundle of another model kind
+    python benchmarks/serve_bench.py --baseline-code ../old  # also serve from another checkout
 
 Builds a bundle with the pipeline's own code, starts `uvicorn recsys_serving.main:app` (one
 worker) on 127.0.0.1, and drives it with a bounded keep-alive load generator at fixed
@@ -10,8 +11,12 @@ concurrency, each route in rounds paired with a /health run just before it. Prin
 and p50/p95/p99 per route with the median paired ratio to /health, then re-runs known-user
 recommendations paced at half their measured throughput to report p99 under moderate load, and
 finally measures known users again on a server that computes their lists instead of using the
-precomputed ones. Results go to benchmarks/results/serve_bench_<kind>.json. Client and server share this machine's cores, so absolute numbers depend on
-it; the ratios are the comparable figures.
+precomputed ones. With ``--baseline-code`` (a checkout of another revision, e.g. from
+``git worktree add``), the same bundle is also served by that revision's ``recsys_serving`` and
+every route measured the same way, so a change to the serving code is judged against its
+predecessor in one run. Results go to benchmarks/results/serve_bench_<kind>.json. Client and
+server share this machine's cores, so absolute numbers depend on it; the ratios are the
+comparable figures.
 """
 
 from __future__ import annotations
@@ -143,8 +148,9 @@ def combined(runs: list[dict], **extra: float) -> dict:
 
 
 @contextmanager
-def serving(work: Path, **env: str) -> Iterator[int]:
-    """A uvicorn server (one worker) on the promoted bundle under ``work``; yields its port."""
+def serving(work: Path, code: Path | None = None, **env: str) -> Iterator[int]:
+    """A uvicorn server (one worker) on the promoted bundle under ``work``, running the serving
+    code of the checkout ``code`` (this one by default); yields its port."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -153,12 +159,20 @@ def serving(work: Path, **env: str) -> Iterator[int]:
         "RECSYS_BUNDLE_ROOT": str(work / "bundles"),
         "RECSYS_REQUEST_LOG": str(work / "requests.sqlite"),
         "RECSYS_RATE_LIMIT_PER_SECOND": "0",
+        **({"PYTHONPATH": str(code)} if code else {}),
         **env,
     }
+    if code is not None:
+        where = subprocess.run(
+            [sys.executable, "-c", "import recsys_serving; print(recsys_serving.__file__)"],
+            env=environment, cwd=code, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        if not Path(where).resolve().is_relative_to(Path(code).resolve()):
+            raise SystemExit(f"--baseline-code: recsys_serving resolves to {where}, not under {code}")
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "recsys_serving.main:app", "--host", "127.0.0.1", "--port", str(port),
          "--log-level", "warning", "--no-access-log"],
-        env=environment,
+        env=environment, cwd=code,
     )  # fmt: skip
     try:
         deadline = time.time() + 60
@@ -208,6 +222,16 @@ def scalars(result: dict) -> dict:
     return {k: float(result[k]) for k in ("rps", "ratio", "p50", "p95", "p99", "errors") if k in result}
 
 
+def _revision(checkout: Path) -> str:
+    found = subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return found.stdout.strip() or "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -219,6 +243,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="paired /health and route runs per route")
     parser.add_argument(
         "--kind", choices=["als", "ease", "item_knn"], default="als", help="the model kind served"
+    )
+    parser.add_argument(
+        "--baseline-code", type=Path, default=None, help="a checkout whose serving code to measure too"
     )
     args = parser.parse_args()
     data_dir = None if args.synthetic else args.data_dir
@@ -264,6 +291,12 @@ def main() -> None:
                 args.seconds,
                 args.rounds,
             )
+        baseline = None
+        if args.baseline_code:
+            with serving(work, args.baseline_code) as port:
+                baseline = measure(port, routes, args.concurrency, args.seconds, args.rounds)
+            with serving(work) as port:  # this code again, right after: the machine's drift shows
+                again = measure(port, routes, args.concurrency, args.seconds, args.rounds)
 
     print(
         f"\n{bundle.kind} bundle: {len(bundle.user_ids):,} users x {len(bundle.item_ids):,} items, "
@@ -287,6 +320,14 @@ def main() -> None:
     print(
         f"target: >= 70% of /health throughput -> {results[known]['ratio']:.0%}; p99 < 10 ms at half -> {paced['p99']:.2f} ms"
     )
+    if baseline is not None:
+        print(f"\nserving code against {args.baseline_code} (ratio to /health, median of paired runs):\n")
+        print("| route | baseline | this code (first run) | this code (after the baseline) |")
+        print("|---|---|---|---|")
+        for name in routes:
+            print(
+                f"| {name} | {baseline[name]['ratio']:.0%} | {results[name]['ratio']:.0%} | {again[name]['ratio']:.0%} |"
+            )
     output = ROOT / "benchmarks" / "results" / f"serve_bench_{bundle.kind}.json"
     report = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -300,6 +341,14 @@ def main() -> None:
         "routes": {name: scalars(r) for name, r in rows},
         "paced_known_user": scalars(paced),
     }
+    if baseline is not None:
+        report["baseline"] = {
+            "code": str(args.baseline_code),
+            "revision": _revision(args.baseline_code),
+            "routes": {name: scalars(r) for name, r in baseline.items()},
+            "this_code_after_the_baseline": {name: scalars(r) for name, r in again.items()},
+        }
+    report["revision"] = _revision(ROOT)
     output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written to {output}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
@@ -377,6 +378,14 @@ def test_demo_command_builds_serves_and_stops_on_one_ctrl_c(tmp_path: Path) -> N
         output, _ = launcher.communicate(timeout=60)
     assert launcher.returncode == 0, output[-3000:]
     assert "curl" in output and f"127.0.0.1:{ui_port}" in output
+    # The terminal holds progress and the banner; Dagster's own log lines go to the log file.
+    assert "done   production_bundle" in output and "STEP_START" not in output
+    log = (tmp_path / "data" / "logs" / "materialize.log").read_text()
+    assert "STEP_SUCCESS" in log and "production_bundle" in log
+    # The sample cold-start request names movies of the served bundle (its most popular three).
+    bundle = next(p for p in (tmp_path / "data" / "bundles").iterdir() if (p / "popularity.json").is_file())
+    liked = json.loads((bundle / "popularity.json").read_text())["overall"][:3]
+    assert f'"liked": {json.dumps(liked)}' in output
     for port in (api_port, ui_port):
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served after Ctrl-C"
@@ -404,7 +413,7 @@ def test_raw_ratings_keep_only_history_before_the_cutoff(
     assert metadata["history_cutoff"].value == cutoff
 
 
-def test_rebuild_promotes_the_new_bundle(tmp_path: Path) -> None:
+def test_rebuild_promotes_the_new_bundle(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """`recsys-demo --rebuild` serves what it built: pointer and champion alias move to it."""
     from recsys_assets.launcher import promote_new_bundle
     from recsys_assets.settings import Settings
@@ -420,12 +429,19 @@ def test_rebuild_promotes_the_new_bundle(tmp_path: Path) -> None:
     client.create_registered_model("movielens-als")
     for version in ("20260101T000000Z-aaaaaaaa", "20260202T000000Z-bbbbbbbb"):
         client.create_model_version(
-            "movielens-als", source=str(root / version), tags={"bundle_version": version}
+            "movielens-als",
+            source=str(root / version),
+            tags={"bundle_version": version, "promotion.reason": "not comparable: other data"},
         )
     settings = Settings.from_env(
         {"RECSYS_BUNDLE_ROOT": str(root), "RECSYS_MLFLOW_TRACKING_URI": tracking.tracking_uri}
     )
     assert promote_new_bundle(settings, before={"20260101T000000Z-aaaaaaaa"}) == "20260202T000000Z-bbbbbbbb"
+    said = capsys.readouterr().out.strip().splitlines()
+    assert said == [
+        "==> serving the rebuilt bundle 20260202T000000Z-bbbbbbbb: --rebuild serves what it built, "
+        "although the pipeline's rule kept 20260101T000000Z-aaaaaaaa (not comparable: other data)"
+    ]
     assert promoted_version(root) == "20260202T000000Z-bbbbbbbb"
     assert int(client.get_model_version_by_alias("movielens-als", "champion").version) == 2
     assert promote_new_bundle(settings, before={"20260101T000000Z-aaaaaaaa"}) is None  # already served

@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             "{ui}"
             "    try:        curl '{api}/users/{user}/recommendations?k=5&explain=true'\n"
             "                curl -X POST {api}/recommendations -H 'content-type: application/json' "
-            "-d '{{\"liked\": {liked}, \"k\": 5}}'\n"
+            '-d \'{{"liked": {liked}, "k": 5}}\'\n'
             "    logs:       {logs}\n"
             "    Ctrl-C stops everything.\n".format(
                 version=ready["bundle_version"],

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import mlflow
 
-from recsys_serving.promotion import HISTORY, promote, promoted_version
+from recsys_serving.promotion import (
+    CHAMPION,
+    HISTORY,
+    REGISTERED_MODEL,
+    promote,
+    promoted_version,
+    registry_client,
+)
 
 from .settings import Settings
-
-REGISTERED_MODEL = "movielens-als"
-CHAMPION = "champion"
-
-
-def registry_client(tracking_uri: str) -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def model_version_of(client: mlflow.MlflowClient, model: str, bundle_version: str) -> str | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_serving.promotion import promoted_path, promoted_version
+from recsys_serving.promotion import REGISTERED_MODEL, promoted_path, promoted_version
 
 from .settings import Settings, project_root
 
@@ -48,7 +48,7 @@ def bundle_versions(root: Path) -> list[str]:
 
 
 def promote_new_bundle(
-    settings: Settings, before: set[str], registered_model: str = "movielens-als"
+    settings: Settings, before: set[str], registered_model: str = REGISTERED_MODEL
 ) -> str | None:
     """Point CURRENT and the MLflow ``champion`` alias at the newest bundle not in ``before``, and
     say in one line what happened and why; None when the pipeline had already promoted it."""

@@ -1,7 +1,8 @@
 """Project settings read from ``RECSYS_*`` environment variables.
 
-Pure Python on purpose: the serving package reads the same variables and must not import dagster.
-Relative paths resolve against the project root, never against the current directory.
+Pure Python on purpose. The paths and defaults both packages share live in
+:mod:`recsys_serving.paths` (the serving package imports nothing from here). Relative paths
+resolve against the project root, never against the current directory.
 """
 
 from __future__ import annotations
@@ -12,26 +13,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def project_root(environ: Mapping[str, str] | None = None) -> Path:
-    """The repository root: ``RECSYS_PROJECT_ROOT`` if set, else the checkout holding this package."""
-    environ = os.environ if environ is None else environ
-    if environ.get("RECSYS_PROJECT_ROOT"):
-        return Path(environ["RECSYS_PROJECT_ROOT"]).expanduser().resolve()
-    checkout = PACKAGE_DIR.parent
-    if (checkout / "pyproject.toml").is_file():
-        return checkout
-    # Installed as a wheel (no checkout around it): the working directory is the only anchor left.
-    return Path.cwd().resolve()
-
-
-def resolve_path(value: str | os.PathLike[str], root: Path | None = None) -> Path:
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = (root or project_root()) / path
-    return path.resolve()
+from recsys_serving.paths import default_tracking_uri, project_root, resolve_path
 
 
 def _location(value: str, root: Path) -> str:
@@ -140,8 +122,7 @@ class Settings:
         data_root = resolve_path(environ.get("RECSYS_DATA_ROOT", "data"), root)
         bundle_root = environ.get("RECSYS_BUNDLE_ROOT", "").strip()
         tracking_uri = environ.get("RECSYS_MLFLOW_TRACKING_URI", "").strip()
-        if not tracking_uri:
-            tracking_uri = f"sqlite:///{root / 'dagster_home' / 'mlflow.db'}"
+        tracking_uri = tracking_uri or default_tracking_uri(root)
         return cls(
             allow_download=_flag(environ, "RECSYS_ALLOW_DOWNLOAD", True),
             movielens_url=environ.get("RECSYS_MOVIELENS_URL") or None,

@@ -17,7 +17,7 @@ from pathlib import Path
 from .bundle import MANIFEST, load_bundle
 from .engine import Engine
 from .metrics import Metrics
-from .promotion import promoted_path
+from .promotion import promoted_path, registry_client
 from .settings import ServingSettings
 
 log = logging.getLogger("recsys_serving")
@@ -60,10 +60,7 @@ class BundleManager:
     def _locate(self) -> tuple[Path | None, str]:
         if not self.settings.model_alias:
             return promoted_path(self.settings.bundle_path), f"pointer {self.settings.bundle_path}/CURRENT"
-        import mlflow  # only when the registry is the source of truth
-
-        uri = self.settings.mlflow_tracking_uri
-        client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client = registry_client(self.settings.tracking_uri)
         version = client.get_model_version_by_alias(self.settings.registered_model, self.settings.model_alias)
         path = version.tags.get("bundle_path")
         if not path:

@@ -14,6 +14,22 @@ from pathlib import Path
 
 POINTER = "CURRENT"
 HISTORY = "promotions.jsonl"
+REGISTERED_MODEL = "movielens-als"  # the MLflow registered model every bundle is a version of
+CHAMPION = "champion"  # the MLflow alias that follows CURRENT
+
+
+def registry_client(tracking_uri: str):
+    """An MLflow client on one store for both tracking and the registry (mlflow is imported only
+    here and only when called: the API needs it in alias mode alone)."""
+    try:
+        import mlflow
+    except ImportError:
+        raise RuntimeError(
+            "following an MLflow alias needs MLflow: pip install 'movielens-recsys[alias]' "
+            "(the api image: --build-arg SERVING_EXTRAS=alias)"
+        ) from None
+
+    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def promoted_version(root: Path) -> str | None:

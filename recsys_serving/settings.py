@@ -1,6 +1,7 @@
 """Serving settings from ``RECSYS_*`` environment variables (pydantic-settings).
 
-Relative paths resolve against the project root, like the pipeline's (shared helper, no dagster).
+Relative paths resolve against the project root, and unset values default as in the pipeline
+(both use :mod:`.paths`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from recsys_assets.settings import resolve_path
+from .paths import default_tracking_uri, resolve_path
+from .promotion import REGISTERED_MODEL
 
 
 class ServingSettings(BaseSettings):
@@ -22,7 +24,7 @@ class ServingSettings(BaseSettings):
     bundle_root: str | None = None  # default: <data_root>/bundles
     # Serve the bundle behind this MLflow registered-model alias instead of the CURRENT pointer.
     model_alias: str | None = None
-    registered_model: str = "movielens-als"
+    registered_model: str = REGISTERED_MODEL
     mlflow_tracking_uri: str | None = None
     request_log: str | None = None  # default: <data_root>/request_log.sqlite
     poll_seconds: float = Field(10.0, ge=0.1)
@@ -42,6 +44,11 @@ class ServingSettings(BaseSettings):
     # Answer known users from the lists ranked at packaging time when the bundle has them; false
     # always searches the index (the benchmark compares both).
     precomputed_lists: bool = True
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow store alias mode reads: the pipeline's default when none is set."""
+        return self.mlflow_tracking_uri or default_tracking_uri()
 
     @property
     def bundle_path(self) -> Path:

@@ -3,6 +3,7 @@ code, Dagster and MLflow on a real PostgreSQL server, and asset storage behind a
 
 from __future__ import annotations
 
+import ast
 import importlib
 import os
 import pwd
@@ -33,6 +34,7 @@ from recsys_assets.defs.resources import (
     StreamStore,
 )
 from recsys_assets.defs.streaming import rating_batch_sensor
+from recsys_assets.settings import Settings
 from recsys_serving.settings import ServingSettings
 
 ROOT = Path(__file__).parents[1]
@@ -165,17 +167,78 @@ def test_every_referenced_file_exists_and_every_variable_is_provided() -> None:
                 assert str(value).startswith("${"), key
 
 
-def test_dockerfile_is_multi_stage_cache_friendly_non_root_with_a_healthcheck() -> None:
+def dockerfile_stages() -> dict[str, str]:
     text = (ROOT / "Dockerfile").read_text()
-    assert len(re.findall(r"^FROM python:3\.11-slim", text, flags=re.M)) == 2
-    assert (
-        text.index("COPY pyproject.toml")
-        < text.index("pip install -r requirements.txt")
-        < text.index("COPY recsys_assets")
-    )
-    users = re.findall(r"^USER (\S+)", text, flags=re.M)
-    assert users and users[-1] not in ("root", "0")
-    assert "HEALTHCHECK" in text and "/health" in text
+    parts = re.split(r"^FROM (\S+) AS (\S+)$", text, flags=re.M)[1:]
+    return {
+        name: f"FROM {base}\n{body}"
+        for base, name, body in zip(parts[::3], parts[1::3], parts[2::3], strict=True)
+    }
+
+
+def test_dockerfile_is_multi_stage_cache_friendly_non_root_with_a_healthcheck() -> None:
+    stages = dockerfile_stages()
+    assert list(stages) == ["build", "api-build", "api", "runtime"]  # runtime last: the default
+    assert all(stage.startswith("FROM python:3.11-slim") for stage in stages.values())
+    for name, copied in (("build", "COPY recsys_assets"), ("api-build", "COPY recsys_serving")):
+        text = stages[name]
+        assert (
+            text.index("COPY pyproject.toml")
+            < text.index("pip install -r requirements.txt")
+            < text.index(copied)
+        )
+    # The API image holds the serving package only, with the core dependencies.
+    assert "recsys_assets" not in stages["api-build"].replace("without recsys_assets", "")
+    assert "['pipeline']" not in stages["api-build"] and "['pipeline']" in stages["build"]
+    for name in ("api", "runtime"):
+        users = re.findall(r"^USER (\S+)", stages[name], flags=re.M)
+        assert users and users[-1] not in ("root", "0"), name
+        assert "HEALTHCHECK" in stages[name] and "/health" in stages[name], name
+    services = compose()["services"]
+    assert services["api"]["build"]["target"] == "api"
+    assert services["dagster-daemon"]["build"]["target"] == "runtime"
+
+
+def test_the_serving_package_needs_only_the_core_dependencies() -> None:
+    """Everything recsys_serving imports comes from the core dependency list (or what those
+    require): `pip install .` without extras, the api image, serves."""
+    import tomllib
+    from importlib.metadata import distribution, packages_distributions
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    allowed, queue = set(), [Requirement(d) for d in project["dependencies"]]
+    while queue:  # the core dependencies and, transitively, what they require
+        requirement = queue.pop()
+        name = requirement.name.lower().replace("_", "-")
+        if name in allowed:
+            continue
+        allowed.add(name)
+        for extra_requirement in distribution(name).requires or []:
+            nested = Requirement(extra_requirement)
+            if (
+                nested.marker is None
+                or nested.marker.evaluate({"extra": ""})
+                or any(nested.marker.evaluate({"extra": e}) for e in requirement.extras)
+            ):
+                queue.append(nested)
+    # The package's own imports (its dependencies import their optional extras only when present).
+    imported = set()
+    for source in (ROOT / "recsys_serving").rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    owners = packages_distributions()
+    third_party = imported - set(sys.stdlib_module_names) - {"__future__", "recsys_serving"}
+    assert "recsys_assets" not in third_party and "dagster" not in third_party
+    used = {owner.lower().replace("_", "-") for module in third_party for owner in owners[module]}
+    mlflow = {name for name in used if name.startswith("mlflow")}
+    assert mlflow  # imported lazily, for alias mode only: the `alias` extra
+    used -= mlflow
+    assert used and not used - allowed, sorted(used - allowed)
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -369,3 +432,50 @@ def test_asset_storage_behind_an_fsspec_url(scheme: str, tmp_path: Path) -> None
     ]
     assert not [p for p in store.iterdir() if p.name.startswith(".")], "temporary objects left behind"
     assert not (data_root / "assets").exists()
+
+
+def documented_settings() -> dict[str, str]:
+    """RECSYS_* variable -> its documented default, from the README's Configuration table."""
+    section = (ROOT / "README.md").read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`RECSYS_"):
+            continue
+        names = re.findall(r"`(RECSYS_[A-Z_]+|_[A-Z_]+)`", cells[0])
+        stem = names[0].rsplit("_", 1)[0]  # `RECSYS_SYNTHETIC_USERS` / `_MOVIES`: same stem
+        names = [stem + n if n.startswith("_") else n for n in names]
+        defaults = [cells[1]] if len(names) == 1 else re.split(r" / |, ", cells[1])
+        assert len(defaults) == len(names), line
+        documented |= {n: d.strip().strip("`") for n, d in zip(names, defaults, strict=True)}
+    return documented
+
+
+def test_readme_configuration_table_matches_the_code() -> None:
+    """Every RECSYS_* variable the code reads is in the README's table, with the default the code
+    has (serving settings and the pipeline's scalar settings)."""
+    documented = documented_settings()
+    read = {
+        n for n in env_vars_the_code_reads() if n.startswith("RECSYS_") and not n.startswith("RECSYS_TEST_")
+    }
+    assert not read - set(documented), f"not documented: {sorted(read - set(documented))}"
+    pipeline = Settings.from_env({"RECSYS_PROJECT_ROOT": str(ROOT)})
+    defaults = {f"RECSYS_{n.upper()}": f.default for n, f in ServingSettings.model_fields.items()}
+    defaults |= {
+        f"RECSYS_{n.upper()}": getattr(pipeline, n)
+        for n in ("dataset", "allow_download", "synthetic_users", "synthetic_movies", "synthetic_ratings")
+    }
+    defaults["RECSYS_SYNTHETIC_SEED"] = pipeline.synthetic_seed
+    checked = 0
+    for name, value in defaults.items():
+        if value is None:
+            continue
+        text = documented[name].removeprefix("./")
+        if isinstance(value, bool):
+            assert text.lower() == str(value).lower(), name
+        elif isinstance(value, int | float):
+            assert float(text.replace(",", "")) == float(value), name
+        else:
+            assert text == str(value), name
+        checked += 1
+    assert checked >= 15  # the scalar defaults: the check must not silently compare nothing

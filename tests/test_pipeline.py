@@ -91,6 +91,22 @@ def test_definitions_load() -> None:
     assert {k.to_user_string() for k in graph.external_asset_keys} == {"rating_batch"}
 
 
+def test_dagster_config_defaults_are_the_pure_defaults() -> None:
+    """One place owns each default: the pure rules and plans; the Dagster config mirrors them, so
+    benchmarks and tests that use the rules directly train as the pipeline does."""
+    from recsys_assets.defs.preparation import InteractionsConfig, SplitConfig
+    from recsys_assets.defs.promotion import PromotionConfig
+    from recsys_assets.modeling.comparison import PromotionRule
+    from recsys_assets.modeling.training import TrainingPlan
+    from recsys_assets.processing.interactions import InteractionRules
+    from recsys_assets.processing.splits import SplitRules
+
+    assert ALSModelConfig().plan() == TrainingPlan()
+    assert SplitRules(**SplitConfig().model_dump()) == SplitRules()
+    assert InteractionRules(**InteractionsConfig().model_dump()) == InteractionRules()
+    assert PromotionConfig().rule() == PromotionRule()
+
+
 def test_full_graph_on_synthetic_data(tmp_path: Path) -> None:
     result = run_graph(
         tmp_path,

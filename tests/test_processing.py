@@ -90,7 +90,7 @@ def test_invalid_rules_are_rejected() -> None:
     with pytest.raises(ValueError, match="positive_threshold"):
         InteractionRules(positive_threshold=7)
     with pytest.raises(ValueError, match="leave room"):
-        SplitRules(validation_fraction=0.5, test_fraction=0.5)
+        SplitRules(strategy="global_cutoff", validation_fraction=0.5, test_fraction=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,10 @@ def test_splits_partition_without_leaking(synthetic_interactions: pl.DataFrame, 
 
 
 def test_global_cutoff_boundaries(synthetic_interactions: pl.DataFrame) -> None:
-    splits = temporal_split(synthetic_interactions, SplitRules(validation_fraction=0.1, test_fraction=0.2))
+    splits = temporal_split(
+        synthetic_interactions,
+        SplitRules(strategy="global_cutoff", validation_fraction=0.1, test_fraction=0.2),
+    )
     assert splits["train"]["timestamp"].max() < splits["validation"]["timestamp"].min()
     assert splits["validation"]["timestamp"].max() < splits["test"]["timestamp"].min()
     assert len(splits["test"]) / len(synthetic_interactions) == pytest.approx(0.2, abs=0.01)

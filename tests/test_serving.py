@@ -449,9 +449,17 @@ def test_openapi_documents_every_route(served) -> None:
     assert "Recommendations" in spec["components"]["schemas"]
 
 
-def test_serving_never_imports_dagster() -> None:
-    code = "import sys, recsys_serving.main; sys.exit('dagster' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+def test_serving_imports_neither_dagster_nor_the_pipeline() -> None:
+    """The dependency is one-way: every module of recsys_serving imports without recsys_assets."""
+    code = (
+        "import importlib, pkgutil, sys, recsys_serving\n"
+        "for module in pkgutil.walk_packages(recsys_serving.__path__, 'recsys_serving.'):\n"
+        "    importlib.import_module(module.name)\n"
+        "found = sorted({m.split('.')[0] for m in sys.modules} & {'recsys_assets', 'dagster'})\n"
+        "sys.exit(', '.join(found) or 0)"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert completed.returncode == 0, completed.stderr[-2000:]
 
 
 def test_ready_reports_the_manifest(served, bundles) -> None:

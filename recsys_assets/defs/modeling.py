@@ -24,37 +24,41 @@ from .resources import BundleStore, MLflowTracking
 MODEL_GROUP = "modeling"
 
 
+# The defaults of the pure training plan: the config below only mirrors them.
+PLAN, ALS_DEFAULTS, SPACE = TrainingPlan(), ALSParams(), SearchSpace()
+
+
 class ALSModelConfig(dg.Config):
     """ALS parameters (used as given when ``tune`` is off), the search over every servable kind,
     and which kind the bundle serves (``model_kind: auto`` = the best on validation)."""
 
-    model_kind: Literal["auto", "als", "ease", "item_knn"] = "auto"
-    factors: int = 64
-    regularization: float = 0.1
-    iterations: int = 15
-    weighting: Literal["linear", "log", "bm25"] = "log"
-    alpha: float = 4.0
-    epsilon: float = 1.0
-    seed: int = 42
-    use_gpu: bool = False
-    tune: bool = True
-    tuning_budget_seconds: float = Field(120.0, gt=0)
-    max_trials: int = Field(40, ge=1)  # ALS trials
-    baseline_trials: int = Field(8, ge=1)  # trials of each item-item kind (EASE, item-kNN)
-    tuning_users: int = Field(10_000, ge=10)
-    search_factors: list[int] = [32, 64, 128, 256]
+    model_kind: Literal["auto", "als", "ease", "item_knn"] = PLAN.model_kind
+    factors: int = ALS_DEFAULTS.factors
+    regularization: float = ALS_DEFAULTS.regularization
+    iterations: int = ALS_DEFAULTS.iterations
+    weighting: Literal["linear", "log", "bm25"] = ALS_DEFAULTS.weighting.scheme
+    alpha: float = ALS_DEFAULTS.weighting.alpha
+    epsilon: float = ALS_DEFAULTS.weighting.epsilon
+    seed: int = ALS_DEFAULTS.seed
+    use_gpu: bool = ALS_DEFAULTS.use_gpu
+    tune: bool = PLAN.tune
+    tuning_budget_seconds: float = Field(SPACE.budget_seconds, gt=0)
+    max_trials: int = Field(SPACE.max_trials, ge=1)  # ALS trials
+    baseline_trials: int = Field(SPACE.baseline_trials, ge=1)  # trials of each item-item kind
+    tuning_users: int = Field(SPACE.max_users, ge=10)
+    search_factors: list[int] = list(SPACE.factors)
     # Ranges are [low, high], searched on a log scale.
-    search_regularization: list[float] = [0.01, 100.0]
-    search_alpha: list[float] = [0.1, 30.0]
-    search_weighting: list[str] = ["linear", "log", "bm25"]
-    search_ease_l2: list[float] = [1.0, 20_000.0]
-    search_knn_neighbours: list[int] = [10, 500]
-    primary_metric: str = "ndcg@10"
-    knn_neighbours: int = 100
-    ease_l2: float = 100.0
-    ease_max_items: int = 15_000
-    ease_neighbours: int = Field(500, ge=1)
-    bootstrap_samples: int = 1000
+    search_regularization: list[float] = list(SPACE.regularization)
+    search_alpha: list[float] = list(SPACE.alpha)
+    search_weighting: list[str] = list(SPACE.weighting)
+    search_ease_l2: list[float] = list(SPACE.ease_l2)
+    search_knn_neighbours: list[int] = list(SPACE.knn_neighbours)
+    primary_metric: str = PLAN.primary_metric
+    knn_neighbours: int = PLAN.knn_neighbours
+    ease_l2: float = PLAN.ease_l2
+    ease_max_items: int = PLAN.ease_max_items
+    ease_neighbours: int = Field(PLAN.ease_neighbours, ge=1)
+    bootstrap_samples: int = PLAN.bootstrap_samples
 
     def plan(self) -> TrainingPlan:
         weighting = Weighting(scheme=self.weighting, alpha=self.alpha, epsilon=self.epsilon)

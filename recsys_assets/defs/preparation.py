@@ -12,18 +12,20 @@ from .metadata import frame_metadata, markdown_table, upstream_source
 from .validation import report_result
 
 
+# Defaults come from the pure rules (one place owns each default; benchmarks and tests that use
+# the rules directly train as the pipeline does).
 class InteractionsConfig(dg.Config):
-    positive_threshold: float = 4.0
-    weighting: Literal["binary", "rating", "above_threshold"] = "binary"
-    min_user_interactions: int = 5
-    min_item_interactions: int = 5
+    positive_threshold: float = InteractionRules.positive_threshold
+    weighting: Literal["binary", "rating", "above_threshold"] = InteractionRules.weighting
+    min_user_interactions: int = InteractionRules.min_user_interactions
+    min_item_interactions: int = InteractionRules.min_item_interactions
 
 
 class SplitConfig(dg.Config):
-    strategy: Literal["global_cutoff", "leave_last_n"] = "leave_last_n"
-    validation_fraction: float = 0.1
-    test_fraction: float = 0.1
-    n: int = 2
+    strategy: Literal["global_cutoff", "leave_last_n"] = SplitRules.strategy
+    validation_fraction: float = SplitRules.validation_fraction
+    test_fraction: float = SplitRules.test_fraction
+    n: int = SplitRules.n
 
 
 @dg.asset(group_name="preparation", kinds={"polars", "parquet"})

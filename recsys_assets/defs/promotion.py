@@ -27,9 +27,9 @@ BLOCKING_CHECKS = (
 
 
 class PromotionConfig(dg.Config):
-    primary_metric: str = "ndcg@10"
-    tolerance: float = 0.02  # relative: the challenger may trail the champion by 2% of its value
-    min_users: int = 20
+    primary_metric: str = PromotionRule.metric
+    tolerance: float = PromotionRule.tolerance  # relative: the share of the champion's value
+    min_users: int = PromotionRule.min_users
     bootstrap_samples: int = 1000
 
     def rule(self) -> PromotionRule:

@@ -14,6 +14,8 @@ import mlflow
 import polars as pl
 from upath import UPath
 
+from recsys_serving.promotion import REGISTERED_MODEL, registry_client
+
 from ..settings import SOURCE_OPTIONS, Settings, resolve_path
 from ..sources.resolve import ResolvedSource, resolve_options
 from ..storage import atomic_path, publish_directory, put_object
@@ -143,10 +145,10 @@ class MLflowTracking(dg.ConfigurableResource):
     tracking_uri: str
     artifact_root: str | None = None  # where new experiments keep artifacts (e.g. s3://bucket/mlflow)
     experiment: str = "movielens-recsys"
-    registered_model: str = "movielens-als"
+    registered_model: str = REGISTERED_MODEL
 
     def client(self) -> mlflow.MlflowClient:
-        return mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return registry_client(self.tracking_uri)
 
     def _artifact_location(self) -> str | None:
         if self.artifact_root:

@@ -133,10 +133,13 @@ class SparseItemItem:
 
 @dataclass(frozen=True)
 class ALSParams:
+    """ALS as trained when the search is off (the pipeline's defaults: ``als_model`` config takes
+    its defaults from here)."""
+
     factors: int = 64
-    regularization: float = 0.05
+    regularization: float = 0.1
     iterations: int = 15
-    weighting: Weighting = field(default_factory=Weighting)
+    weighting: Weighting = field(default_factory=lambda: Weighting(scheme="log", alpha=4.0, epsilon=1.0))
     seed: int = 42
     use_gpu: bool = False
 

@@ -18,10 +18,10 @@ class SplitRules:
     ``validation_fraction`` before it validation. ``leave_last_n``: each user's last ``n`` are
     test and the ``n`` before them validation; users with too few interactions stay in train."""
 
-    strategy: Strategy = "global_cutoff"
+    strategy: Strategy = "leave_last_n"
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
-    n: int = 1
+    n: int = 2
 
     def __post_init__(self) -> None:
         if self.strategy not in ("global_cutoff", "leave_last_n"):

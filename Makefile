@@ -23,8 +23,9 @@ demo: install
 serve: install
 	$(BIN)/uvicorn recsys_serving.main:app --host 127.0.0.1 --port 8000
 
+## materialize: the whole asset graph with Dagster's dg CLI (same as `dagster asset materialize -m recsys_assets.definitions --select '*'`)
 materialize: install
-	$(BIN)/dagster asset materialize -m recsys_assets.definitions --select '*'
+	$(BIN)/dg launch --assets '*'
 
 ui: install
 	$(BIN)/dagster dev -w workspace.yaml
@@ -36,9 +37,12 @@ mlflow: install
 test: install
 	$(BIN)/python -m pytest
 
+## lint: ruff (lint and format), mypy (strict on recsys_serving), and the Dagster definitions load
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/dg check defs
 
 clean:
 	rm -rf data/assets data/raw/synthetic-* dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs

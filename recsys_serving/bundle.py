@@ -38,9 +38,11 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -69,13 +71,13 @@ class BundleError(RuntimeError):
 @dataclass
 class Bundle:
     path: Path
-    manifest: dict
+    manifest: dict[str, Any]
     item_ids: np.ndarray
     user_ids: np.ndarray
     seen: sp.csr_matrix
     liked: sp.csr_matrix
     movies: pl.DataFrame
-    popularity: dict
+    popularity: dict[str, Any]
     kind: str = "als"
     item_factors: np.ndarray | None = None
     user_factors: np.ndarray | None = None
@@ -89,7 +91,7 @@ class Bundle:
 
     @property
     def version(self) -> str:
-        return self.manifest["version"]
+        return str(self.manifest["version"])
 
     @property
     def regularization(self) -> float:
@@ -108,6 +110,8 @@ class Bundle:
     def model(self) -> Model:
         """The bundle's scoring model, whatever its kind."""
         if self.kind == "als":
+            if self.item_factors is None or self.user_factors is None or self.index is None:
+                raise BundleError(f"{self.path}: an ALS bundle without its factors or index")
             return FactorModel(
                 self.item_ids,
                 self.item_factors,
@@ -117,6 +121,8 @@ class Bundle:
                 self.regularization,
                 self.length_norm,
             )
+        if self.item_similarity is None:
+            raise BundleError(f"{self.path}: a {self.kind} bundle without its item similarity")
         return ItemItemModel(self.kind, self.item_similarity, self.liked, self.binary_input)
 
 
@@ -127,7 +133,7 @@ def _sha256(path: Path) -> str:
 
 def popularity_ranking(
     seen: sp.csr_matrix, item_ids: np.ndarray, movies: pl.DataFrame, top: int = 500
-) -> dict:
+) -> dict[str, Any]:
     """Most-rated items overall and per genre, as movie ids."""
     counts = np.asarray((seen > 0).sum(axis=0)).ravel()
     order = np.argsort(-counts, kind="stable")
@@ -151,7 +157,7 @@ def write_bundle(
     seen: sp.csr_matrix,
     liked: sp.csr_matrix,
     movies: pl.DataFrame,
-    manifest: dict,
+    manifest: dict[str, Any],
     item_factors: np.ndarray | None = None,
     user_factors: np.ndarray | None = None,
     index: faiss.Index | None = None,
@@ -203,6 +209,9 @@ def write_bundle(
         popularity = popularity_ranking(seen, np.asarray(item_ids), catalogue)
         (staging / "popularity.json").write_text(json.dumps(popularity))
         if kind == "als":
+            assert (
+                item_factors is not None and user_factors is not None and index is not None
+            )  # checked above
             np.save(staging / "item_factors.npy", np.ascontiguousarray(item_factors, dtype=np.float32))
             np.save(staging / "user_factors.npy", np.ascontiguousarray(user_factors, dtype=np.float32))
             faiss.write_index(index, str(staging / "index.faiss"))
@@ -218,6 +227,7 @@ def write_bundle(
                 length_norm,
             )
         else:
+            assert item_similarity is not None  # checked above
             similarity = item_similarity.tocsr().astype(np.float32)
             sp.save_npz(staging / "item_similarity.npz", similarity)
             model = ItemItemModel(kind, similarity, liked, binary_input)
@@ -237,7 +247,7 @@ def write_bundle(
         content = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
         created = datetime.now(UTC)
         version = f"{created:%Y%m%dT%H%M%S}Z-{content[:8]}"
-        factors = int(item_factors.shape[1]) if kind == "als" else None
+        factors = int(item_factors.shape[1]) if item_factors is not None else None
         full = {
             **manifest,
             "model": {**manifest.get("model", {}), "kind": kind},
@@ -259,12 +269,12 @@ def write_bundle(
     return target
 
 
-def read_manifest(path: Path) -> dict:
+def read_manifest(path: Path) -> dict[str, Any]:
     manifest_path = Path(path) / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"{path} is not a bundle: no {MANIFEST}")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest: dict[str, Any] = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as exc:
         raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from None
     if manifest.get("format_version") not in READABLE_FORMATS:
@@ -274,11 +284,11 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
-def manifest_kind(manifest: dict) -> str:
-    return manifest.get("model", {}).get("kind", "als")
+def manifest_kind(manifest: dict[str, Any]) -> str:
+    return str(manifest.get("model", {}).get("kind", "als"))
 
 
-def verify_bundle(path: Path) -> dict:
+def verify_bundle(path: Path) -> dict[str, Any]:
     """Check the format, that the manifest lists exactly the files present and every file the
     bundle's kind needs, and every file's hash; returns the manifest."""
     path = Path(path)
@@ -317,7 +327,7 @@ def load_bundle(path: Path) -> Bundle:
     listed = manifest["files"]
     kind = manifest_kind(manifest)
 
-    def optional(name: str, read=np.load):
+    def optional(name: str, read: Callable[[Path], Any] = np.load) -> Any:
         return read(path / name) if name in listed else None
 
     bundle = Bundle(
@@ -341,7 +351,11 @@ def load_bundle(path: Path) -> Bundle:
         top_scores=optional("top_scores.npy"),
     )
     n_users, n_items = len(bundle.user_ids), len(bundle.item_ids)
-    if bundle.top_rows is not None and bundle.top_rows.shape != bundle.top_scores.shape:
+    if (
+        bundle.top_rows is not None
+        and bundle.top_scores is not None
+        and bundle.top_rows.shape != bundle.top_scores.shape
+    ):
         raise BundleError(f"{path}: top_rows and top_scores differ in shape")
     if bundle.top_rows is not None and bundle.top_rows.shape[0] != n_users:
         raise BundleError(f"{path}: top_rows has {bundle.top_rows.shape[0]} users, expected {n_users}")

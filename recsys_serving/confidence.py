@@ -7,7 +7,7 @@ exactly as training users were. numpy/scipy only.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,7 +32,7 @@ class Weighting:
         if self.alpha <= 0 or self.epsilon <= 0:
             raise ValueError("alpha and epsilon must be positive")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

@@ -24,11 +24,12 @@ class Service:
     manager: BundleManager
     limiter: RateLimiter
     request_log: RequestLog | None = None
-    tasks: list[asyncio.Task] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 def service_of(request: Request) -> Service:
-    return request.app.state.service
+    service: Service = request.app.state.service
+    return service
 
 
 def serving_engine(service: Service) -> Engine:

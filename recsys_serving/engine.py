@@ -104,7 +104,7 @@ class Engine:
         the answer whenever k of them survive the filters, or when it holds every unseen item
         (it ends in -1) and there are no more to find.
         """
-        if self.top_rows is None or k > self.top_rows.shape[1]:
+        if self.top_rows is None or self.top_scores is None or k > self.top_rows.shape[1]:
             return None
         rows, scores = self.top_rows[user_row], self.top_scores[user_row]
         complete = rows[-1] < 0
@@ -123,7 +123,8 @@ class Engine:
         return Scored(rows[:k], scores[:k])
 
     def _seen_rows(self, user_row: int) -> np.ndarray:
-        return self.seen.indices[self.seen.indptr[user_row] : self.seen.indptr[user_row + 1]]
+        rows: np.ndarray = self.seen.indices[self.seen.indptr[user_row] : self.seen.indptr[user_row + 1]]
+        return rows
 
     def recommend_known(
         self, user_row: int, k: int, exclude_rows: np.ndarray, genres: list[str], explain: bool

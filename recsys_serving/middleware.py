@@ -7,7 +7,8 @@ Pure ASGI rather than BaseHTTPMiddleware: it runs on every request, /health incl
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import numpy as np
 import orjson
@@ -16,6 +17,11 @@ from .deps import Service
 from .ratelimit import client_identity
 from .request_log import RequestIds, RequestRecord
 
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 UNTHROTTLED = {"/health", "/ready", "/metrics"}
 LOGGED_ROUTES = {
     "/users/{user_id}/recommendations",
@@ -27,7 +33,7 @@ WITH_BODY = {"POST", "PUT", "PATCH"}
 
 
 async def send_json(
-    send: Callable, status: int, body: dict, headers: list[tuple[bytes, bytes]] | None = None
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     payload = orjson.dumps(body)
     await send(
@@ -44,7 +50,7 @@ async def send_json(
     await send({"type": "http.response.body", "body": payload})
 
 
-async def read_body(receive: Callable, limit: int) -> bytes | None:
+async def read_body(receive: Receive, limit: int) -> bytes | None:
     """The whole request body, or None once it passes ``limit`` bytes (declared or not: a chunked
     body has no Content-Length) or the client disconnects."""
     chunks, size = [], 0
@@ -62,11 +68,11 @@ async def read_body(receive: Callable, limit: int) -> bytes | None:
 
 
 class ServiceMiddleware:
-    def __init__(self, app: Callable, service: Service):
+    def __init__(self, app: ASGIApp, service: Service):
         self.app, self.service = app, service
         self.request_ids = RequestIds()
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -76,7 +82,7 @@ class ServiceMiddleware:
         request_id = self.request_ids.next()
         status_holder = {"status": 500}
 
-        async def send_with_id(message: dict) -> None:
+        async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 message.setdefault("headers", [])
@@ -112,7 +118,7 @@ class ServiceMiddleware:
         finally:
             self._record(scope, request_id, arrived, started, status_holder["status"])
 
-    def _record(self, scope: dict, request_id: str, arrived: float, started: float, status: int) -> None:
+    def _record(self, scope: Scope, request_id: str, arrived: float, started: float, status: int) -> None:
         service = self.service
         template = getattr(scope.get("route"), "path", "unmatched")
         elapsed = time.perf_counter() - started
@@ -137,12 +143,12 @@ class ServiceMiddleware:
             )
 
 
-def replay(body: bytes, receive: Callable) -> Callable:
+def replay(body: bytes, receive: Receive) -> Receive:
     """A receive channel that hands the app the buffered body, then the client's later messages
     (a disconnect)."""
     delivered = False
 
-    async def receive_buffered() -> dict:
+    async def receive_buffered() -> Message:
         nonlocal delivered
         if delivered:
             return await receive()

@@ -202,10 +202,10 @@ class ItemItemModel:
         inputs = inputs.astype(np.float32, copy=True)
         if self.binary_input:
             inputs.data[:] = 1.0
-        return (inputs @ self.similarity).toarray()
+        return np.asarray((inputs @ self.similarity).toarray())
 
     def user_scores(self, start: int, stop: int) -> np.ndarray:
-        return (self.inputs[start:stop] @ self.similarity).toarray()
+        return np.asarray((self.inputs[start:stop] @ self.similarity).toarray())
 
     def _liked_scores(self, liked_rows: np.ndarray, values: np.ndarray) -> np.ndarray:
         if liked_rows.size == 0:
@@ -258,13 +258,14 @@ def searchable(
     if isinstance(index, faiss.IndexIDMap) and np.array_equal(faiss.vector_to_array(index.id_map), item_ids):
         index, row_labels = faiss.downcast_index(index.index), True
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+    # faiss's bundled type stubs lag its SWIG API (keyword parameters, SearchParametersHNSW).
     if isinstance(inner, faiss.IndexIVF):
         nprobe = inner.nprobe
-        return index, row_labels, lambda sel: faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
+        return index, row_labels, lambda sel: faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)  # type: ignore[call-arg]
     if isinstance(inner, faiss.IndexHNSW):
         ef = inner.hnsw.efSearch
-        return index, row_labels, lambda sel: faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
-    return index, row_labels, lambda sel: faiss.SearchParameters(sel=sel)
+        return index, row_labels, lambda sel: faiss.SearchParametersHNSW(sel=sel, efSearch=ef)  # type: ignore[attr-defined]
+    return index, row_labels, lambda sel: faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
 
 
 def top_unseen(

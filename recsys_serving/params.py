@@ -7,6 +7,7 @@ than the recommendation itself (measured in benchmarks/serve_bench.py).
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import HTTPException, Request
@@ -14,9 +15,11 @@ from fastapi import HTTPException, Request
 from .engine import Engine
 from .schemas import INT64_MAX, INT64_MIN
 
+# (name, where, JSON schema, required, description) of one documented parameter
+QueryParam = tuple[str, str, dict[str, Any], bool, str]
 ID_LIST = re.compile(r"^(-?\d+(,-?\d+)*)?$")
-ID_SCHEMA = {"type": "integer", "format": "int64", "minimum": 1, "maximum": INT64_MAX}
-ID_LIST_SCHEMA = {"type": "string", "pattern": ID_LIST.pattern}
+ID_SCHEMA: dict[str, Any] = {"type": "integer", "format": "int64", "minimum": 1, "maximum": INT64_MAX}
+ID_LIST_SCHEMA: dict[str, Any] = {"type": "string", "pattern": ID_LIST.pattern}
 
 
 def invalid(field: str, where: str, message: str, value: object) -> HTTPException:
@@ -63,7 +66,7 @@ def parse_k(params: dict[str, str], max_k: int) -> int:
     return 10 if raw is None else check_k(parse_int(raw, "k"), max_k, "query", raw)
 
 
-def check_length(values: list, field: str, limit: int, where: str = "query") -> None:
+def check_length(values: list[Any], field: str, limit: int, where: str = "query") -> None:
     if len(values) > limit:
         raise invalid(field, where, f"at most {limit} entries, got {len(values)}", len(values))
 
@@ -102,12 +105,12 @@ def parse_bool(raw: str | None, field: str) -> bool:
     raise invalid(field, "query", "Input should be a valid boolean", raw)
 
 
-def k_param(max_k: int) -> tuple[str, str, dict, bool, str]:
+def k_param(max_k: int) -> QueryParam:
     schema = {"type": "integer", "minimum": 1, "maximum": max_k, "default": 10}
     return ("k", "query", schema, False, f"number of movies, 1-{max_k} (default 10)")
 
 
-def query_docs(*params: tuple[str, str, dict, bool, str]) -> dict:
+def query_docs(*params: QueryParam) -> dict[str, Any]:
     """OpenAPI parameters for routes that parse their own query strings."""
     return {
         "parameters": [

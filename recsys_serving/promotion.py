@@ -11,6 +11,10 @@ import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 POINTER = "CURRENT"
 HISTORY = "promotions.jsonl"
@@ -18,7 +22,7 @@ REGISTERED_MODEL = "movielens-als"  # the MLflow registered model every bundle i
 CHAMPION = "champion"  # the MLflow alias that follows CURRENT
 
 
-def registry_client(tracking_uri: str):
+def registry_client(tracking_uri: str) -> MlflowClient:
     """An MLflow client on one store for both tracking and the registry (mlflow is imported only
     here and only when called: the API needs it in alias mode alone)."""
     try:

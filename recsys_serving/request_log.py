@@ -18,6 +18,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -69,7 +70,7 @@ class RequestRecord:
     latency_ms: float
     status: int
 
-    def row(self) -> tuple:
+    def row(self) -> tuple[Any, ...]:
         # Spelled out: dataclasses.astuple deep-copies every item and cost more than the request.
         return (
             self.request_id,
@@ -93,7 +94,7 @@ class RequestLog:
         self.flush_seconds, self.max_pending = flush_seconds, max_pending
         # deque.append and popleft are atomic, so requests never take a lock or wake the writer:
         # a queue.Queue notified the writer thread on every request, a GIL hand-off each time.
-        self._pending: deque[tuple] = deque()
+        self._pending: deque[tuple[Any, ...]] = deque()
         self._stop = threading.Event()
         self.written = 0
         self.lost = 0
@@ -147,7 +148,7 @@ class RequestLog:
                 self.lost += 1
                 self.error = f"request log refused request {row[0]}: {exc}"
 
-    def _keep(self, batch: list[tuple], exc: Exception) -> None:
+    def _keep(self, batch: list[tuple[Any, ...]], exc: Exception) -> None:
         """Put an unwritten batch back at the front of the queue, within ``max_pending``."""
         self._pending.extendleft(reversed(batch))
         over = len(self._pending) - self.max_pending

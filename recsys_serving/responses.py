@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
 from .engine import Engine
 from .models import Scored
+from .schemas import ErrorMessage, InvalidInput
+
+# OpenAPI documentation of the error responses the routes share.
+REJECTED: dict[int | str, dict[str, Any]] = {
+    422: {"model": InvalidInput, "description": "invalid input; the detail names the field"}
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorMessage}, **REJECTED}
 
 
 class JSONResponse(Response):
@@ -20,7 +29,7 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-def movie_items(engine: Engine, scored: Scored) -> list[dict]:
+def movie_items(engine: Engine, scored: Scored) -> list[dict[str, Any]]:
     """Response items as plain dicts (the schemas document them; building pydantic objects per
     item and re-validating them would cost more than the recommendation itself)."""
     out = []
@@ -45,7 +54,7 @@ def movie_list(
     *,
     strategy: str,
     k: int,
-    logged: dict | None = None,
+    logged: dict[str, Any] | None = None,
     **fields: object,
 ) -> JSONResponse:
     """A response listing ``scored`` movies, every field taken from the one ``engine`` the request

@@ -296,8 +296,16 @@ def test_pure_modules_and_serving_do_not_import_dagster() -> None:
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
-def test_cli_materialize_all(tmp_path: Path) -> None:
-    """The README's main command, through the real dagster CLI and a real DAGSTER_HOME."""
+@pytest.mark.parametrize(
+    ("command", "cwd"),
+    [
+        (["dagster", "asset", "materialize", "-m", "recsys_assets.definitions", "--select", "*"], "anywhere"),
+        (["dg", "launch", "--assets", "*"], "root"),  # dg finds the project from the repository root
+    ],
+)
+def test_cli_materialize_all(tmp_path: Path, command: list[str], cwd: str) -> None:
+    """The README's main command, through the real CLI (dagster, and Dagster's newer dg) and a
+    real DAGSTER_HOME."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text(
@@ -313,14 +321,13 @@ def test_cli_materialize_all(tmp_path: Path) -> None:
         "RECSYS_SYNTHETIC_MOVIES": "400",
         "RECSYS_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }
-    cli = Path(sys.executable).parent / "dagster"
     completed = subprocess.run(
-        [str(cli), "asset", "materialize", "-m", "recsys_assets.definitions", "--select", "*"],
+        [str(Path(sys.executable).parent / command[0]), *command[1:]],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=tmp_path,  # paths must not depend on the working directory
+        cwd=tmp_path if cwd == "anywhere" else Path(__file__).parents[1],  # paths never depend on it
         check=False,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]

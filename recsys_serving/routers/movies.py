@@ -11,20 +11,18 @@ from fastapi.responses import Response
 from ..deps import Served, current_engine
 from ..engine import NO_ROWS
 from ..params import ID_SCHEMA, k_param, parse_genres, parse_id, parse_k, query, query_docs
-from ..responses import JSONResponse, movie_list
-from ..schemas import INT64_MAX, ErrorMessage, InvalidInput, MovieResponse, PopularMovies, SimilarMovies
+from ..responses import NOT_FOUND, REJECTED, JSONResponse, movie_list
+from ..schemas import INT64_MAX, MovieResponse, PopularMovies, SimilarMovies
 from ..settings import ServingSettings
 
 
 def router(settings: ServingSettings) -> APIRouter:
     routes = APIRouter(tags=["movies"])
-    rejected = {422: {"model": InvalidInput, "description": "invalid input; the detail names the field"}}
-    not_found = {404: {"model": ErrorMessage}, **rejected}
 
     def not_in_catalogue(movie_id: int) -> HTTPException:
         return HTTPException(404, detail=f"movie {movie_id} is not in the catalogue")
 
-    @routes.get("/movies/{movie_id}", response_model=MovieResponse, responses=not_found)
+    @routes.get("/movies/{movie_id}", response_model=MovieResponse, responses=NOT_FOUND)
     async def get_movie(current: Served, movie_id: Annotated[int, PathParam(ge=1, le=INT64_MAX)]) -> Response:
         row = current.item_row(movie_id)
         if row is None:
@@ -34,7 +32,7 @@ def router(settings: ServingSettings) -> APIRouter:
     @routes.get(
         "/movies/{movie_id}/similar",
         response_model=SimilarMovies,
-        responses=not_found,
+        responses=NOT_FOUND,
         openapi_extra=query_docs(("movie_id", "path", ID_SCHEMA, True, "the movie"), k_param(settings.max_k)),
     )
     async def similar_movies(request: Request) -> Response:
@@ -51,7 +49,7 @@ def router(settings: ServingSettings) -> APIRouter:
     @routes.get(
         "/popular",
         response_model=PopularMovies,
-        responses=rejected,
+        responses=REJECTED,
         openapi_extra=query_docs(
             k_param(settings.max_k),
             ("genre", "query", {"type": "string"}, False, "only movies of this genre"),

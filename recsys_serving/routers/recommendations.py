@@ -23,19 +23,18 @@ from ..params import (
     query,
     query_docs,
 )
-from ..responses import movie_list
-from ..schemas import ColdStartRequest, ErrorMessage, InvalidInput, Recommendations
+from ..responses import REJECTED, movie_list
+from ..schemas import ColdStartRequest, ErrorMessage, Recommendations
 from ..settings import ServingSettings
 
 
 def router(settings: ServingSettings) -> APIRouter:
     routes = APIRouter(tags=["recommendations"])
-    rejected = {422: {"model": InvalidInput, "description": "invalid input; the detail names the field"}}
 
     @routes.get(
         "/users/{user_id}/recommendations",
         response_model=Recommendations,
-        responses=rejected,
+        responses=REJECTED,
         openapi_extra=query_docs(
             ("user_id", "path", ID_SCHEMA, True, "the user"),
             k_param(settings.max_k),
@@ -77,7 +76,7 @@ def router(settings: ServingSettings) -> APIRouter:
     @routes.post(
         "/recommendations",
         response_model=Recommendations,
-        responses={400: {"model": ErrorMessage, "description": "the body is not JSON"}, **rejected},
+        responses={400: {"model": ErrorMessage, "description": "the body is not JSON"}, **REJECTED},
     )
     async def recommend_cold_start(request: Request, current: Served, body: ColdStartRequest) -> Response:
         limit = settings.max_list_items

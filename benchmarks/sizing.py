@@ -3,6 +3,8 @@
     python benchmarks/sizing.py                      # 100k, 1M and 5M ratings
     python benchmarks/sizing.py --sizes 10000000     # one size (ratings)
 
+Results go to benchmarks/results/sizing.json (a size measured again replaces its row).
+
 Each size runs in its own process, stage by stage, the way the in-process executor runs the
 assets: read the ratings (``raw_ratings``), ``interactions``, ``temporal_splits``, ``als_model``
 without tuning (ALS 64 factors x 15 iterations, popularity and item-kNN baselines, EASE where the
@@ -22,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 # users and movies for a number of ratings, shaped like the MovieLens releases of that size
@@ -179,6 +182,15 @@ def main() -> None:
             + " |"
         )
     print(f"\n{os.cpu_count()} CPUs; time / peak resident memory of the process during the stage.")
+    output = Path(__file__).parent / "results" / "sizing.json"
+    previous = json.loads(output.read_text())["runs"] if output.is_file() else []
+    # Sizes measured now replace their earlier rows; other sizes keep theirs (each run is slow).
+    measured = {r["ratings"] for r in results}
+    runs = sorted([r for r in previous if r["ratings"] not in measured] + [
+        {**r, "measured_at": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count()} for r in results
+    ], key=lambda r: r["ratings"])  # fmt: skip
+    output.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    print(f"written to {output}")
 
 
 if __name__ == "__main__":

@@ -131,13 +131,19 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def popularity_order(seen: sp.csr_matrix) -> np.ndarray:
+    """Item rows by number of raters, most first, ties to the lower row: the one popularity
+    ranking the bundle's popularity.json and the server's fallback share."""
+    counts = np.asarray((seen > 0).sum(axis=0)).ravel()
+    order: np.ndarray = np.argsort(-counts, kind="stable")
+    return order
+
+
 def popularity_ranking(
     seen: sp.csr_matrix, item_ids: np.ndarray, movies: pl.DataFrame, top: int = 500
 ) -> dict[str, Any]:
     """Most-rated items overall and per genre, as movie ids."""
-    counts = np.asarray((seen > 0).sum(axis=0)).ravel()
-    order = np.argsort(-counts, kind="stable")
-    overall = item_ids[order]
+    overall = item_ids[popularity_order(seen)]
     genres_of = dict(zip(movies["movie_id"].to_list(), movies["genres"].to_list(), strict=True))
     by_genre: dict[str, list[int]] = {}
     for movie in overall.tolist():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from .bundle import Bundle
+from .bundle import Bundle, popularity_order
 from .models import Scored, lookup
 
 NO_ROWS = np.empty(0, dtype=np.int64)
@@ -49,7 +49,7 @@ class Engine:
             for g in names:
                 self.genre_masks[g][row] = True
         # The full ranking by number of raters (popularity.json holds its head for other readers).
-        self.popular_rows = np.argsort(-self.seen.getnnz(axis=0), kind="stable")
+        self.popular_rows = popularity_order(self.seen)
         # A rank-based score keeps the popularity fallback in the response shape of the others.
         self.rank_scores = (1.0 / (1.0 + np.arange(self.n_items))).astype(np.float32)
         self.liked_value = float(bundle.manifest["fold_in"].get("liked_value", 1.0))

@@ -54,6 +54,35 @@ def best_rows(scores: np.ndarray, k: int) -> np.ndarray:
     return chosen[np.lexsort((chosen, -scores[chosen]))]
 
 
+def best_rows_each(scores: np.ndarray, k: int) -> np.ndarray:
+    """``best_rows`` for every row of a 2-D score block at once: [n, k] columns, -1 where a row has
+    fewer than k finite scores.
+
+    A partition per row finds the k best; they are ordered by score, ties to the lower column. A
+    row whose k-th value is tied with columns outside the partition (rare with float scores) is
+    redone with ``best_rows``, so the answer is exact either way.
+    """
+    n, width = scores.shape
+    k = min(k, width)
+    out = np.full((n, k), -1, dtype=np.int64)
+    if k == 0 or n == 0:
+        return out
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    part.sort(axis=1)  # by column, so the stable sort below breaks ties to the lower column
+    values = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-values, axis=1, kind="stable")
+    best = np.take_along_axis(part, order, axis=1)
+    best_values = np.take_along_axis(values, order, axis=1)
+    kth = best_values[:, -1:]
+    redo = (scores == kth).sum(axis=1) != (best_values == kth).sum(axis=1)
+    redo |= np.isneginf(kth[:, 0])
+    out[~redo] = best[~redo]
+    for row in np.flatnonzero(redo):
+        found = best_rows(scores[row], k)
+        out[row, : found.size] = found
+    return out
+
+
 def exact(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> Scored:
     if allowed is not None:
         scores = np.where(allowed, scores, -np.inf)
@@ -287,8 +316,9 @@ def top_unseen(
         block = np.array(model.user_scores(start, stop), dtype=np.float32)
         part = seen[start:stop]
         block[np.repeat(np.arange(stop - start), np.diff(part.indptr)), part.indices] = -np.inf
-        for offset, user_scores in enumerate(block):
-            best = best_rows(user_scores, n)
-            rows[start + offset, : best.size] = best
-            scores[start + offset, : best.size] = user_scores[best]
+        best = best_rows_each(block, n)
+        rows[start:stop] = best
+        scores[start:stop] = np.where(
+            best >= 0, np.take_along_axis(block, np.maximum(best, 0), axis=1), -np.inf
+        )
     return rows, scores

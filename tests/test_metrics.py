@@ -80,3 +80,19 @@ def test_evaluate_scores_every_method_on_the_same_users() -> None:
     metrics = result.get("most_popular").metrics
     assert 0 <= metrics["ndcg@10"] <= 1 and 0 < metrics["coverage@10"] <= 1
     assert "ndcg@10" in result.markdown()
+
+
+def test_batched_top_k_equals_the_single_row_exact_ranking() -> None:
+    """best_rows_each (evaluation, precomputed serving lists) against best_rows (what a request
+    computes), on blocks full of ties and excluded items: the same rows in the same order."""
+    from recsys_serving.models import best_rows, best_rows_each
+
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        n, width = int(rng.integers(1, 6)), int(rng.integers(1, 40))
+        scores = rng.integers(0, 5, size=(n, width)).astype(np.float32)  # few values: many ties
+        scores[rng.random((n, width)) < 0.3] = -np.inf
+        k = int(rng.integers(1, width + 2))
+        got = best_rows_each(scores, k)
+        for row in range(n):
+            assert got[row][got[row] >= 0].tolist() == best_rows(scores[row], k).tolist()

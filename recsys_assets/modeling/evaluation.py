@@ -15,6 +15,8 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from recsys_serving.models import best_rows_each
+
 from .recommenders import Recommender
 
 KS = (10, 20)
@@ -33,11 +35,7 @@ def top_k(model: Recommender, users: np.ndarray, user_items: sp.csr_matrix, k: i
         scores = np.array(model.scores(chunk, user_items), dtype=np.float32)
         rows, cols = user_items[chunk].nonzero()
         scores[rows, cols] = -np.inf
-        part = np.argpartition(-scores, take - 1, axis=1)[:, :take]
-        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-        best = np.take_along_axis(part, order, axis=1)
-        best[np.isneginf(np.take_along_axis(scores, best, axis=1))] = -1
-        out[start : start + len(chunk), :take] = best
+        out[start : start + len(chunk), :take] = best_rows_each(scores, take)
     return out
 
 

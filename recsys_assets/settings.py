@@ -61,6 +61,7 @@ DATASET_CHOICES = (
     "synthetic",
     "ml-latest-small",
     "ml-latest",
+    "ml-32m",
     "ml-25m",
     "ml-20m",
     "ml-10m",

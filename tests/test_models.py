@@ -180,3 +180,13 @@ def test_ease_closed_form_on_a_tiny_matrix() -> None:
     expected = np.eye(3) - p / np.diag(p)
     np.fill_diagonal(expected, 0)
     np.testing.assert_allclose(ease.weights, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_use_gpu_without_cuda_fails_saying_what_to_do() -> None:
+    import implicit.gpu
+
+    if implicit.gpu.HAS_CUDA:
+        pytest.skip("CUDA is usable here: the GPU path runs instead")
+    model = ALS(ALSParams(factors=4, iterations=1, use_gpu=True))
+    with pytest.raises(RuntimeError, match=r"use_gpu is true.*movielens-recsys\[gpu\].*false"):
+        model.fit(sp.random(20, 30, density=0.2, format="csr", random_state=0, dtype=np.float32))

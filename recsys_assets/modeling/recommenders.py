@@ -174,7 +174,11 @@ class ALS:
             import implicit.gpu
 
             if not implicit.gpu.HAS_CUDA:
-                raise RuntimeError("use_gpu=True but implicit was built without CUDA or no GPU is visible")
+                raise RuntimeError(
+                    "use_gpu is true but implicit cannot use CUDA here: no GPU is visible, or rmm is "
+                    "missing (pip install 'movielens-recsys[gpu]', pinned for CUDA 13); set use_gpu "
+                    "to false to train on the CPU"
+                )
             from implicit.gpu.als import AlternatingLeastSquares
 
             return AlternatingLeastSquares(**kwargs)

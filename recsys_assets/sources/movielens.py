@@ -35,6 +35,8 @@ RELEASES = {
     for r in (
         Release("ml-latest-small", "ml-latest-small", None, 1),
         Release("ml-latest", "ml-latest", None, 335),
+        # ml-32m: 32,000,204 ratings of 87,585 movies; 238,950,008 bytes (GroupLens' .md5 file).
+        Release("ml-32m", "ml-32m", "d472be332d4daa821edc399621853b57", 239),
         Release("ml-25m", "ml-25m", "6b51fb2759a8657d3bfcbfc42b592ada", 250),
         Release("ml-20m", "ml-20m", "cd245b17a1ae2cc31bb14903e1204af3", 190),
         Release("ml-10m", "ml-10M100K", "ce571fd55effeba0271552578f2648bd", 63),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import faiss
 import numpy as np
@@ -190,3 +191,16 @@ def test_use_gpu_without_cuda_fails_saying_what_to_do() -> None:
     model = ALS(ALSParams(factors=4, iterations=1, use_gpu=True))
     with pytest.raises(RuntimeError, match=r"use_gpu is true.*movielens-recsys\[gpu\].*false"):
         model.fit(sp.random(20, 30, density=0.2, format="csr", random_state=0, dtype=np.float32))
+
+
+def test_every_method_is_evaluated_on_one_seeded_sample_of_test_users(synthetic_splits) -> None:
+    """Above ``test_users``, the test evaluation takes one seeded sample, the same for every
+    method: the same plan gives the same numbers, and the sample has the configured size."""
+    plan = TrainingPlan(
+        als=ALSParams(factors=8, iterations=3), tune=False, bootstrap_samples=50, test_users=200
+    )
+    first, second = train_and_evaluate(synthetic_splits, plan), train_and_evaluate(synthetic_splits, plan)
+    assert first.evaluation.users == 200
+    assert [r.metrics for r in first.evaluation.results] == [r.metrics for r in second.evaluation.results]
+    everyone = train_and_evaluate(synthetic_splits, replace(plan, test_users=None))
+    assert everyone.evaluation.users > 700

@@ -59,6 +59,7 @@ class ALSModelConfig(dg.Config):
     ease_max_items: int = PLAN.ease_max_items
     ease_neighbours: int = Field(PLAN.ease_neighbours, ge=1)
     bootstrap_samples: int = PLAN.bootstrap_samples
+    test_users: int = Field(PLAN.test_users or 0, ge=0)  # 0: every test user
 
     def plan(self) -> TrainingPlan:
         weighting = Weighting(scheme=self.weighting, alpha=self.alpha, epsilon=self.epsilon)
@@ -94,6 +95,7 @@ class ALSModelConfig(dg.Config):
             ease_neighbours=self.ease_neighbours,
             bootstrap_samples=self.bootstrap_samples,
             validation_users=self.tuning_users,
+            test_users=self.test_users or None,
         )
 
 

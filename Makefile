@@ -28,7 +28,7 @@ materialize: install
 	$(BIN)/dg launch --assets '*'
 
 ui: install
-	$(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/dg dev -w workspace.yaml
 
 mlflow: install
 	$(BIN)/mlflow ui --backend-store-uri "$${RECSYS_MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/dagster_home/mlflow.db}"

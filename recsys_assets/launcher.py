@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                    "--port", str(args.api_port)]  # fmt: skip
     start(api_command, "api.log")
     if not args.no_ui:
-        start([_bin("dagster"), "dev", "-w", "workspace.yaml", "-p", str(args.ui_port)], "dagster-ui.log")
+        start([_bin("dg"), "dev", "-w", "workspace.yaml", "-p", str(args.ui_port)], "dagster-ui.log")
     print(f"==> starting the API{'' if args.no_ui else ' and the Dagster UI'} (logs in {logs})", flush=True)
 
     def stop_on_signal(signum: int, frame: object) -> None:

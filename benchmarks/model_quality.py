@@ -109,7 +109,7 @@ def held_out_check(ratings: pl.DataFrame, movies: pl.DataFrame, plan, workdir: P
         row = engine.user_row(user)
         if row is None:
             fallbacks += 1
-            rated = engine.item_rows(catalogue[seen[i].indices])
+            rated = engine.catalogue_rows(catalogue[seen[i].indices].tolist())
             scored = engine.popular(K, [], rated)
         else:
             scored = engine.recommend_user(row, K, none, [], False)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .defs import features, ingestion, modeling, preparation, promotion
+from .defs import catalogue, features, ingestion, modeling, preparation, promotion
+from .defs.catalogue import catalogue_refresh_job, daily_catalogue_refresh
 from .defs.partitions import rating_batch_spec
 from .defs.resources import resources_from_settings
 from .defs.retraining import retrain_job, retrain_sensor, weekly_retrain
 from .settings import Settings
 
-all_assets = dg.load_assets_from_modules([ingestion, preparation, features, modeling, promotion])
+all_assets = dg.load_assets_from_modules([ingestion, preparation, features, modeling, promotion, catalogue])
 all_checks = dg.load_asset_checks_from_modules([ingestion, preparation, modeling])
 
 recsys_pipeline = dg.define_asset_job(
@@ -24,9 +25,9 @@ recsys_pipeline = dg.define_asset_job(
 defs = dg.Definitions(
     assets=[*all_assets, rating_batch_spec],
     asset_checks=all_checks,
-    jobs=[recsys_pipeline, retrain_job],
+    jobs=[recsys_pipeline, retrain_job, catalogue_refresh_job],
     sensors=[retrain_sensor],
-    schedules=[weekly_retrain],
+    schedules=[weekly_retrain, daily_catalogue_refresh],
     # Each step is seconds of work; spawning a process per step (importing polars, GX, ...) costs
     # more than it saves on small machines.
     executor=dg.in_process_executor,

@@ -47,12 +47,24 @@ def bundle_versions(root: Path) -> list[str]:
     return sorted(p.name for p in Path(root).iterdir() if (p / "manifest.json").is_file())
 
 
+def _is_refresh(bundle: Path) -> bool:
+    try:
+        return "refreshed_from" in json.loads((bundle / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def promote_new_bundle(
     settings: Settings, before: set[str], registered_model: str = REGISTERED_MODEL
 ) -> str | None:
     """Point CURRENT and the MLflow ``champion`` alias at the newest bundle not in ``before``, and
     say in one line what happened and why; None when the pipeline had already promoted it."""
-    new = [v for v in bundle_versions(settings.bundle_root) if v not in before]
+    # A catalogue refresh is of the bundle served before, not what the run built.
+    new = [
+        v
+        for v in bundle_versions(settings.bundle_root)
+        if v not in before and not _is_refresh(settings.bundle_root / v)
+    ]
     if not new:
         return None
     version = new[-1]

@@ -10,7 +10,7 @@ Layout of ``<bundle_root>/<version>/``; ``manifest.json`` names the model kind (
     seen.npz             CSR users x items: every movie each user has rated (to exclude)
     liked.npz            CSR users x items: each user's positive interactions with their weights,
                          the model's input for that user (scores, explanations)
-    movies.parquet       movie_id, title, year, genres (for every item in the model)
+    movies.parquet       movie_id, title, year, genres (every item in the model, and every cold one)
     popularity.json      {"overall": [movie ids], "by_genre": {genre: [movie ids]}}
     held_out.npz         optional, CSR users x items: the liked pairs the model was not fitted on
                          (its test split); the rest of ``liked`` is what it was fitted on
@@ -25,6 +25,14 @@ Layout of ``<bundle_root>/<version>/``; ``manifest.json`` names the model kind (
   ease and item_knn:
     item_similarity.npz  CSR items x items: row j holds item j's strongest neighbours; a user's
                          scores are (liked row, binary for EASE) @ item_similarity
+  optional, movies the model was not trained on ("cold": new releases, movies too rarely rated):
+    cold_ids.npy         int64 movie ids (sorted), none of them in item_ids
+    content.npy          float32 [n_items + n_cold, d]: unit content vectors (genres, year, tags,
+                         genome), the model's items in item order, then the cold ones
+    cold_seen.npz        CSR users x cold items: the cold movies each user has rated
+    cold_factors.npy     als: float32 [n_cold, f], factors estimated from content
+    cold_similarity.npz  ease and item_knn: CSR items x cold items, the similarity columns of cold
+                         items (estimated from their nearest warm items in content space)
 
 Written into a temporary directory and renamed, so a bundle directory is either complete or
 absent. The loader reads only files the manifest lists, checks every hash, and refuses a bundle
@@ -52,8 +60,8 @@ import scipy.sparse as sp
 from .confidence import Weighting
 from .models import KINDS, FactorModel, ItemItemModel, Model, top_unseen
 
-FORMAT_VERSION = 3  # 3: model kinds (als, ease, item_knn); 2: ALS only, still readable
-READABLE_FORMATS = (2, 3)
+FORMAT_VERSION = 4  # 4: optional cold items; 3: model kinds (als, ease, item_knn); 2: ALS only
+READABLE_FORMATS = (2, 3, 4)
 MANIFEST = "manifest.json"
 COMMON_FILES = ("item_ids.npy", "user_ids.npy", "seen.npz", "liked.npz", "movies.parquet", "popularity.json")
 KIND_FILES = {
@@ -61,11 +69,35 @@ KIND_FILES = {
     "ease": ("item_similarity.npz",),
     "item_knn": ("item_similarity.npz",),
 }
+COLD_FILES = ("cold_ids.npy", "content.npy", "cold_seen.npz")
+COLD_KIND_FILES = {
+    "als": "cold_factors.npy",
+    "ease": "cold_similarity.npz",
+    "item_knn": "cold_similarity.npz",
+}
 OPTIONAL_FILES = ("top_rows.npy", "top_scores.npy", "bm25_length_norm.npy", "held_out.npz")
+
+
+# Manifest keys write_bundle fills in itself (a bundle made from another's parts drops them).
+MANIFEST_GENERATED = (
+    "cold_items", "format_version", "version", "created_at", "fold_in", "counts", "precomputed_top_n", "files"
+)  # fmt: skip
 
 
 class BundleError(RuntimeError):
     """A bundle is missing, incomplete, corrupted or of an unknown format."""
+
+
+@dataclass
+class ColdItems:
+    """Movies the model does not score, and what scores them: content vectors, and per model kind
+    estimated ALS factors or similarity columns (recsys_assets.modeling.content builds them)."""
+
+    movie_ids: np.ndarray  # int64, sorted
+    content: np.ndarray  # float32 [n_items + n_cold, d]
+    seen: sp.csr_matrix  # users x cold
+    factors: np.ndarray | None = None  # als: [n_cold, f]
+    similarity: sp.csr_matrix | None = None  # item-item kinds: items x cold
 
 
 @dataclass
@@ -88,6 +120,7 @@ class Bundle:
     weighting: Weighting = field(default_factory=Weighting)
     top_rows: np.ndarray | None = None
     top_scores: np.ndarray | None = None
+    cold: ColdItems | None = None
 
     @property
     def version(self) -> str:
@@ -174,6 +207,8 @@ def write_bundle(
     binary_input: bool = False,
     held_out: sp.csr_matrix | None = None,
     top_n: int = 0,
+    cold: ColdItems | None = None,
+    top_lists: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
     """Write a new bundle of ``kind`` under ``root`` and return its directory (named by its version).
 
@@ -200,6 +235,8 @@ def write_bundle(
             raise BundleError("bm25 weighting needs the items' length normalisation")
     elif item_similarity is None or item_similarity.shape != (n_items, n_items):
         raise BundleError(f"a {kind} bundle needs an items x items similarity matrix ({n_items} items)")
+    if cold is not None:
+        _check_cold(cold, kind, n_users, n_items)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=root))
@@ -210,9 +247,12 @@ def write_bundle(
         sp.save_npz(staging / "liked.npz", liked.tocsr().astype(np.float32))
         if held_out is not None:
             sp.save_npz(staging / "held_out.npz", held_out.tocsr().astype(np.float32))
-        catalogue = movies.filter(pl.col("movie_id").is_in(np.asarray(item_ids).tolist()))
+        listed = np.asarray(item_ids).tolist() + ([] if cold is None else cold.movie_ids.tolist())
+        catalogue = movies.filter(pl.col("movie_id").is_in(listed))
         catalogue.select("movie_id", "title", "year", "genres").write_parquet(staging / "movies.parquet")
         popularity = popularity_ranking(seen, np.asarray(item_ids), catalogue)
+        if cold is not None:
+            _write_cold(staging, cold)
         (staging / "popularity.json").write_text(json.dumps(popularity))
         if kind == "als":
             assert (
@@ -237,8 +277,12 @@ def write_bundle(
             similarity = item_similarity.tocsr().astype(np.float32)
             sp.save_npz(staging / "item_similarity.npz", similarity)
             model = ItemItemModel(kind, similarity, liked, binary_input)
-        if top_n > 0:
+        if top_lists is not None:
+            top_rows, top_scores = top_lists
+            top_n = top_rows.shape[1]
+        elif top_n > 0:
             top_rows, top_scores = top_unseen(model, n_users, n_items, seen, top_n)
+        if top_n > 0:
             np.save(staging / "top_rows.npy", top_rows)
             np.save(staging / "top_scores.npy", top_scores)
         files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
@@ -256,6 +300,7 @@ def write_bundle(
         factors = int(item_factors.shape[1]) if item_factors is not None else None
         full = {
             **manifest,
+            "cold_items": 0 if cold is None else len(cold.movie_ids),
             "model": {**manifest.get("model", {}), "kind": kind},
             "format_version": FORMAT_VERSION,
             "version": version,
@@ -273,6 +318,42 @@ def write_bundle(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _check_cold(cold: ColdItems, kind: str, n_users: int, n_items: int) -> None:
+    n_cold = len(cold.movie_ids)
+    if cold.content.shape[0] != n_items + n_cold:
+        raise BundleError(f"cold content has {cold.content.shape[0]} rows, expected {n_items + n_cold}")
+    if cold.seen.shape != (n_users, n_cold):
+        raise BundleError(f"cold seen is {cold.seen.shape}, expected {(n_users, n_cold)}")
+    if kind == "als" and (cold.factors is None or cold.factors.shape[0] != n_cold):
+        raise BundleError(f"an ALS bundle's cold items need estimated factors for {n_cold} items")
+    if kind != "als" and (cold.similarity is None or cold.similarity.shape != (n_items, n_cold)):
+        raise BundleError(f"a {kind} bundle's cold items need an items x cold similarity ({n_cold} cold)")
+
+
+def _write_cold(staging: Path, cold: ColdItems) -> None:
+    np.save(staging / "cold_ids.npy", np.asarray(cold.movie_ids, dtype=np.int64))
+    np.save(staging / "content.npy", np.ascontiguousarray(cold.content, dtype=np.float32))
+    sp.save_npz(staging / "cold_seen.npz", cold.seen.tocsr().astype(np.float32))
+    if cold.factors is not None:
+        np.save(staging / "cold_factors.npy", np.ascontiguousarray(cold.factors, dtype=np.float32))
+    if cold.similarity is not None:
+        sp.save_npz(staging / "cold_similarity.npz", cold.similarity.tocsr().astype(np.float32))
+
+
+def _read_cold(path: Path, listed: dict[str, str]) -> ColdItems | None:
+    if "cold_ids.npy" not in listed:
+        return None
+    return ColdItems(
+        movie_ids=np.load(path / "cold_ids.npy"),
+        content=np.load(path / "content.npy"),
+        seen=sp.load_npz(path / "cold_seen.npz").tocsr(),
+        factors=np.load(path / "cold_factors.npy") if "cold_factors.npy" in listed else None,
+        similarity=(
+            sp.load_npz(path / "cold_similarity.npz").tocsr() if "cold_similarity.npz" in listed else None
+        ),
+    )
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -307,7 +388,8 @@ def verify_bundle(path: Path) -> dict[str, Any]:
     unlisted = sorted(present - set(listed))
     if unlisted:
         raise BundleError(f"{path}: {', '.join(unlisted)} not listed in the manifest (refused unverified)")
-    allowed = set(COMMON_FILES) | set(KIND_FILES[kind]) | set(OPTIONAL_FILES)
+    allowed = set(COMMON_FILES) | set(KIND_FILES[kind]) | set(OPTIONAL_FILES) | set(COLD_FILES)
+    allowed.add(COLD_KIND_FILES[kind])
     unexpected = sorted(set(listed) - allowed)
     if unexpected:
         raise BundleError(f"{path}: unexpected files for a {kind} bundle: {', '.join(unexpected)}")
@@ -320,6 +402,9 @@ def verify_bundle(path: Path) -> dict[str, Any]:
         raise BundleError(f"{path}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing")
     if ("top_rows.npy" in listed) != ("top_scores.npy" in listed):
         raise BundleError(f"{path}: top_rows.npy and top_scores.npy come together")
+    cold = {*COLD_FILES, COLD_KIND_FILES[kind]}
+    if cold & set(listed) and not cold <= set(listed):
+        raise BundleError(f"{path}: cold items need all of {', '.join(sorted(cold))}")
     for name, expected in listed.items():
         if _sha256(path / name) != expected:
             raise BundleError(f"{path}: {name} is corrupted (sha256 differs from the manifest)")
@@ -355,6 +440,7 @@ def load_bundle(path: Path) -> Bundle:
         weighting=Weighting(**manifest["fold_in"]["weighting"]),
         top_rows=optional("top_rows.npy"),
         top_scores=optional("top_scores.npy"),
+        cold=_read_cold(path, listed),
     )
     n_users, n_items = len(bundle.user_ids), len(bundle.item_ids)
     if (
@@ -369,4 +455,9 @@ def load_bundle(path: Path) -> Bundle:
         raise BundleError(f"{path}: index holds {bundle.index.ntotal} vectors, expected {n_items}")
     if bundle.item_similarity is not None and bundle.item_similarity.shape != (n_items, n_items):
         raise BundleError(f"{path}: item_similarity is {bundle.item_similarity.shape}, expected {n_items}^2")
+    if bundle.cold is not None:
+        try:
+            _check_cold(bundle.cold, kind, n_users, n_items)
+        except BundleError as exc:
+            raise BundleError(f"{path}: {exc}") from None
     return bundle

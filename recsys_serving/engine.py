@@ -12,13 +12,14 @@ import faiss
 import numpy as np
 
 from .bundle import Bundle, popularity_order
+from .cold import ColdCatalogue, merge
 from .models import Scored, lookup
 
 NO_ROWS = np.empty(0, dtype=np.int64)
 
 
 class Engine:
-    def __init__(self, bundle: Bundle, use_precomputed: bool = True):
+    def __init__(self, bundle: Bundle, use_precomputed: bool = True, cold_slots: int = 0):
         self.bundle = bundle
         self.version = bundle.version
         self.kind = bundle.kind
@@ -34,17 +35,26 @@ class Engine:
         self.top_rows = bundle.top_rows if use_precomputed else None
         self.top_scores = bundle.top_scores if use_precomputed else None
 
+        # The catalogue: the model's items (rows 0..n_items-1), then the cold ones the bundle has.
+        self.cold = None if bundle.cold is None else ColdCatalogue(bundle.cold, self.model, self.n_items)
+        self.cold_slots = cold_slots if self.cold is not None else 0
+        catalogue_ids = (
+            self.item_ids if bundle.cold is None else np.concatenate([self.item_ids, bundle.cold.movie_ids])
+        )
+        self._catalogue_rows = {m: row for row, m in enumerate(catalogue_ids.tolist())}
         movies = {row["movie_id"]: row for row in bundle.movies.to_dicts()}
-        self.titles = [movies.get(int(m), {}).get("title") or f"movie {m}" for m in self.item_ids]
-        self.years = [movies.get(int(m), {}).get("year") for m in self.item_ids]
-        self.genres = [list(movies.get(int(m), {}).get("genres") or []) for m in self.item_ids]
+        self.titles = [movies.get(int(m), {}).get("title") or f"movie {m}" for m in catalogue_ids]
+        self.years = [movies.get(int(m), {}).get("year") for m in catalogue_ids]
+        self.genres = [list(movies.get(int(m), {}).get("genres") or []) for m in catalogue_ids]
         # Each movie's response fields, built once: a response only adds rank and score.
         self.movie_fields = [
             {"movieId": int(m), "title": t, "year": y, "genres": g}
-            for m, t, y, g in zip(self.item_ids, self.titles, self.years, self.genres, strict=True)
+            for m, t, y, g in zip(catalogue_ids, self.titles, self.years, self.genres, strict=True)
         ]
+        for fields in self.movie_fields[self.n_items :]:
+            fields["content_scored"] = True
         self.genre_names = sorted({g for gs in self.genres for g in gs})
-        self.genre_masks = {g: np.zeros(self.n_items, dtype=bool) for g in self.genre_names}
+        self.genre_masks = {g: np.zeros(len(catalogue_ids), dtype=bool) for g in self.genre_names}
         for row, names in enumerate(self.genres):
             for g in names:
                 self.genre_masks[g][row] = True
@@ -67,13 +77,17 @@ class Engine:
 
     lookup = staticmethod(lookup)
 
-    def item_rows(self, movie_ids: np.ndarray) -> np.ndarray:
-        """Rows of known movies (unknown ids dropped), in the given order."""
-        rows = lookup(self.item_ids, movie_ids)
-        return rows[rows >= 0]
+    def catalogue_rows(self, movie_ids: list[int]) -> np.ndarray:
+        """Catalogue rows of ``movie_ids``, -1 for movies the bundle does not know."""
+        return np.array([self._catalogue_rows.get(m, -1) for m in movie_ids], dtype=np.int64)
 
     def item_row(self, movie_id: int) -> int | None:
+        """The model's row of a movie; None for movies it does not score (cold or unknown)."""
         return self._item_rows.get(movie_id)
+
+    def catalogue_row(self, movie_id: int) -> int | None:
+        """The catalogue row of any movie the bundle knows, the model's or cold."""
+        return self._catalogue_rows.get(movie_id)
 
     def user_row(self, user_id: int) -> int | None:
         return self._user_rows.get(user_id)
@@ -84,16 +98,26 @@ class Engine:
     # ------------------------------------------------------------------ ranking
 
     def _of_genres(self, genres: list[str]) -> np.ndarray:
-        allowed = np.zeros(self.n_items, dtype=bool)
+        allowed = np.zeros(len(self.movie_fields), dtype=bool)
         for g in genres:
             allowed |= self.genre_masks[g]
         return allowed
 
     def _allowed(self, blocked_rows: np.ndarray, genres: list[str]) -> np.ndarray:
         """Items a response may contain: not blocked and, when genres are given, of one of them."""
-        allowed = self._of_genres(genres) if genres else np.ones(self.n_items, dtype=bool)
+        allowed = self._of_genres(genres)[: self.n_items] if genres else np.ones(self.n_items, dtype=bool)
         allowed[blocked_rows] = False
         return allowed
+
+    def _cold_allowed(self, blocked_rows: np.ndarray, genres: list[str]) -> np.ndarray:
+        """Cold items a response may contain (``blocked_rows`` are cold item positions)."""
+        assert self.cold is not None
+        allowed = self._of_genres(genres)[self.n_items :] if genres else np.ones(self.cold.n_cold, dtype=bool)
+        allowed[blocked_rows] = False
+        return allowed
+
+    def _cold_positions(self, catalogue_rows: np.ndarray) -> np.ndarray:
+        return catalogue_rows[catalogue_rows >= self.n_items] - self.n_items
 
     def _precomputed(
         self, user_row: int, k: int, exclude_rows: np.ndarray, genres: list[str]
@@ -140,27 +164,44 @@ class Engine:
     def recommend_user(
         self, user_row: int, k: int, exclude_rows: np.ndarray, genres: list[str], explain: bool
     ) -> Scored:
-        result = self._precomputed(user_row, k, exclude_rows, genres)
+        """``exclude_rows`` are catalogue rows (the model's and cold ones)."""
+        warm_excluded = exclude_rows[exclude_rows < self.n_items] if self.cold else exclude_rows
+        result = self._precomputed(user_row, k, warm_excluded, genres)
         if result is None:
             allowed = self._allowed(self._seen_rows(user_row), genres)
-            allowed[exclude_rows] = False
+            allowed[warm_excluded] = False
             result = self.model.rank_user(user_row, k, allowed)
-        if not explain:
-            return result
-        start, end = self.liked.indptr[user_row], self.liked.indptr[user_row + 1]
-        because = self.model.explain(result.rows, self.liked.indices[start:end], self.liked.data[start:end])
-        return Scored(result.rows, result.scores, because)
+        if explain:
+            start, end = self.liked.indptr[user_row], self.liked.indptr[user_row + 1]
+            liked = self.liked.indices[start:end], self.liked.data[start:end]
+            result = Scored(result.rows, result.scores, self.model.explain(result.rows, *liked))
+        if self.cold_slots and self.cold is not None:
+            blocked = np.concatenate([self.cold.seen(user_row), self._cold_positions(exclude_rows)])
+            allowed = self._cold_allowed(blocked, genres)
+            cold = self.cold.best(self.cold.user_scores(user_row), min(self.cold_slots, k), allowed)
+            result = merge(result, cold, k)
+        return result
 
-    def recommend_liked(self, liked_rows: np.ndarray, k: int, genres: list[str], explain: bool) -> Scored:
-        """A new user's list from the movies they like, scored by the bundle's model."""
+    def recommend_liked(self, known_rows: np.ndarray, k: int, genres: list[str], explain: bool) -> Scored:
+        """A new user's list from the movies they like (catalogue rows), scored by the bundle's
+        model from the liked movies it was trained on; liked cold movies are only left out."""
+        liked_rows = known_rows[known_rows < self.n_items]
         values = np.full(liked_rows.size, self.liked_value, dtype=np.float32)
         result = self.model.rank_liked(liked_rows, values, k, self._allowed(liked_rows, genres))
-        if not explain:
-            return result
-        return Scored(result.rows, result.scores, self.model.explain(result.rows, liked_rows, values))
+        if explain:
+            result = Scored(result.rows, result.scores, self.model.explain(result.rows, liked_rows, values))
+        if self.cold_slots and self.cold is not None:
+            allowed = self._cold_allowed(self._cold_positions(known_rows), genres)
+            cold = self.cold.best(
+                self.cold.liked_scores(liked_rows, values), min(self.cold_slots, k), allowed
+            )
+            result = merge(result, cold, k)
+        return result
 
     def popular(self, k: int, genres: list[str], blocked_rows: np.ndarray) -> Scored:
-        """Most-rated movies, optionally of any of ``genres``, without the blocked ones."""
+        """Most-rated movies, optionally of any of ``genres``, without the blocked ones (catalogue
+        rows; cold movies have no ratings to rank them by and are never among them)."""
+        blocked_rows = blocked_rows[blocked_rows < self.n_items]
         if genres or blocked_rows.size:
             keep = self._allowed(blocked_rows, genres)
             ranked = self.popular_rows[keep[self.popular_rows]][:k]
@@ -168,8 +209,13 @@ class Engine:
             ranked = self.popular_rows[:k]
         return Scored(ranked, self.rank_scores[: len(ranked)])
 
-    def similar(self, item_row: int, k: int) -> Scored:
-        return self.model.similar(item_row, k)
+    def similar(self, catalogue_row: int, k: int) -> tuple[Scored, str]:
+        """Movies like this one, and how they were found: the model's item similarity for its own
+        items, content similarity (genres, year, tags) for cold ones."""
+        if catalogue_row < self.n_items:
+            return self.model.similar(catalogue_row, k), self.kind
+        assert self.cold is not None
+        return self.cold.similar(catalogue_row, k), "content"
 
 
 def limit_threads() -> None:

@@ -100,7 +100,7 @@ class BundleManager:
             if self._refused == (path, signature) and not force:
                 return False
             try:
-                engine = Engine(load_bundle(path), self.settings.precomputed_lists)
+                engine = Engine(load_bundle(path), self.settings.precomputed_lists, self.settings.cold_slots)
             except Exception as exc:
                 self._refused = (path, signature)
                 self.metrics.load_failures.inc()

@@ -142,7 +142,8 @@ class FactorModel:
     def rank_user(self, user_row: int, k: int, allowed: np.ndarray) -> Scored:
         return self._search(self.user_factors[user_row], k, allowed)
 
-    def rank_liked(self, liked_rows: np.ndarray, values: np.ndarray, k: int, allowed: np.ndarray) -> Scored:
+    def liked_vector(self, liked_rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """A new user's factors, solved from the movies they like (fold-in)."""
         vector = fold_in(
             self.item_factors,
             liked_rows,
@@ -152,7 +153,10 @@ class FactorModel:
             self.length_norm,
             gram=self.gram,
         )
-        return self._search(vector.astype(np.float32), k, allowed)
+        return vector.astype(np.float32)
+
+    def rank_liked(self, liked_rows: np.ndarray, values: np.ndarray, k: int, allowed: np.ndarray) -> Scored:
+        return self._search(self.liked_vector(liked_rows, values), k, allowed)
 
     def _search(self, vector: np.ndarray, k: int, allowed: np.ndarray) -> Scored:
         """The k best allowed items by inner product, asking the index for allowed items only.

@@ -7,9 +7,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 # A known user is ranked by the served model (its kind names the strategy); a new user's liked movies
-# are scored by the same model (``fold_in``); anyone else gets the most popular movies.
+# are scored by the same model (``fold_in``); anyone else gets the most popular movies. Movies the
+# model was not trained on are found by content (``content``: genres, year, tags).
 Strategy = Literal["als", "ease", "item_knn", "fold_in", "popular_fallback"]
 ModelKind = Literal["als", "ease", "item_knn"]
+SimilarityStrategy = Literal["als", "ease", "item_knn", "content"]
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Ids are stored as int64 (numpy, SQLite, JSON encoders): a larger number is a client error.
 Id = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
@@ -45,6 +47,11 @@ class Movie(BaseModel):
     title: str
     year: int | None
     genres: list[str]
+    content_scored: bool = Field(
+        False,
+        description="a movie the model was not trained on (new, or rarely rated), scored from its "
+        "content; only present when true",
+    )
 
 
 class MovieResponse(Movie):
@@ -69,13 +76,18 @@ class Recommendations(BaseModel):
     user_id: int | None = None
     items: list[RecommendedMovie]
     unknown_movie_ids: list[int] = Field(
-        default_factory=list, description="ids not in the catalogue, ignored"
+        default_factory=list,
+        description="ids not in the catalogue, ignored (liked movies the model was not trained on "
+        "are in the catalogue; they are left out of the list, and only the model's own count)",
     )
 
 
 class SimilarMovies(BaseModel):
     bundle_version: str
-    strategy: ModelKind = Field(description="the model whose item similarity ranked the list")
+    strategy: SimilarityStrategy = Field(
+        description="the model whose item similarity ranked the list, or `content` for a movie the "
+        "model was not trained on (content similarity: genres, year, tags)"
+    )
     movieId: int
     items: list[RecommendedMovie]
 

@@ -44,6 +44,10 @@ class ServingSettings(BaseSettings):
     # Answer known users from the lists ranked at packaging time when the bundle has them; false
     # always searches the index (the benchmark compares both).
     precomputed_lists: bool = True
+    # The last places of a recommendation list that go to movies the model was not trained on (new
+    # releases, rarely rated ones), the best by their content-estimated score when it is positive;
+    # 0 disables (bundles without a cold part have none).
+    cold_slots: int = Field(1, ge=0)
 
     @property
     def tracking_uri(self) -> str:

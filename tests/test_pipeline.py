@@ -38,6 +38,10 @@ ASSETS = [
     "faiss_index",
     "production_bundle",
     "promotion_decision",
+    "raw_tags",
+    "tag_genome",
+    "content_features",
+    "catalogue_refresh",
 ]
 DOWNSTREAM_OF_RATINGS = ASSETS[2:]
 FAST_TRAINING = ALSModelConfig(
@@ -49,6 +53,7 @@ def run_graph(
     tmp_path: Path,
     als: ALSModelConfig = FAST_TRAINING,
     index: ItemIndexConfig | None = None,
+    selection: list[str] | None = None,
     **source: object,
 ) -> dg.ExecuteInProcessResult:
     data_root = tmp_path / "data"
@@ -63,8 +68,15 @@ def run_graph(
         [*all_assets, *all_checks],
         resources=resources,
         instance=dg.DagsterInstance.ephemeral(),
-        run_config=dg.RunConfig(ops={"als_model": als, **({"faiss_index": index} if index else {})}),
+        run_config=dg.RunConfig(
+            ops={
+                name: config
+                for name, config in {"als_model": als, "faiss_index": index}.items()
+                if config is not None and (selection is None or name in selection)
+            }
+        ),
         raise_on_error=False,
+        selection=selection,
     )
 
 
@@ -120,7 +132,7 @@ def test_full_graph_on_synthetic_data(tmp_path: Path) -> None:
     assert sorted(metadata) == sorted(ASSETS)
     for name, entries in metadata.items():
         assert "synthetic" in entries["data_source"].value, name
-        if name in ASSETS[:7]:
+        if name in ASSETS[:7] + ["raw_tags", "content_features"]:
             assert entries["dagster/row_count"].value > 0, name
     assert all(evaluation.passed for evaluation in checks(result).values())
     assert set(checks(result)) == {
@@ -179,6 +191,13 @@ def test_full_graph_on_synthetic_data(tmp_path: Path) -> None:
     assert decision["outcome"].value == "promoted"
     assert decision["champion_after"].value == bundle_meta["bundle_version"].value
     assert client.get_model_version_by_alias("movielens-als", "champion").version == version.version
+    # Every movie the model does not score is in the bundle as a cold item; the refresh that runs
+    # last finds the catalogue current.
+    assert bundle.cold is not None
+    assert len(bundle.cold.movie_ids) == bundle_meta["cold_items"].value > 0
+    catalogue = set(pl.read_parquet(assets_dir / "raw_movies.parquet")["movie_id"].to_list())
+    assert set(bundle.item_ids.tolist()) | set(bundle.cold.movie_ids.tolist()) == catalogue
+    assert metadata["catalogue_refresh"]["outcome"].value == "skipped"
     assert (
         client.get_model_version("movielens-als", version.version).tags["promotion.reason"]
         == decision["reason"].value
@@ -485,3 +504,80 @@ def test_low_recall_index_fails_its_check_and_blocks_the_bundle(tmp_path: Path) 
     assert not evaluation.passed and evaluation.metadata["recall@10"].value < 0.99
     assert "faiss_index" in materialized(result) and "production_bundle" not in materialized(result)
     assert not (tmp_path / "data" / "bundles").exists() or not any((tmp_path / "data" / "bundles").iterdir())
+
+
+def test_new_movie_reaches_the_api_through_the_catalogue_refresh(tmp_path: Path) -> None:
+    """A movie added to movies.csv (and rated in an accepted stream batch) is known to the API,
+    with content-similar movies, after the light refresh alone: no retrain, the model unchanged."""
+    import numpy as np
+    from serving_support import Server, settings_for
+
+    from recsys_serving.promotion import promoted_version
+
+    source = {
+        "dataset": "synthetic",
+        "synthetic_users": 300,
+        "synthetic_movies": 500,
+        "synthetic_ratings": 20_000,
+    }
+    first = run_graph(tmp_path, **source)
+    assert first.success
+    base = load_bundle(Path(materialized(first)["production_bundle"]["bundle_path"].value))
+    root = base.path.parent
+
+    data_dir = next((tmp_path / "data" / "raw").glob("synthetic-*"))
+    template = int(base.item_ids[0])
+    movies = pl.read_csv(data_dir / "movies.csv")
+    genres = movies.filter(pl.col("movieId") == template)["genres"].item()
+    year = int(base.movies.filter(pl.col("movie_id") == template)["year"].item())
+    new_id = int(movies["movieId"].max()) + 1
+    with open(data_dir / "movies.csv", "a") as handle:
+        handle.write(f'{new_id},"Brand New Release ({year})",{genres}\n')
+    tags = pl.read_csv(data_dir / "tags.csv")
+    template_tags = tags.filter(pl.col("movieId") == template)["tag"].to_list()[:3] or ["atmospheric"]
+    with open(data_dir / "tags.csv", "a") as handle:
+        for tag in template_tags:
+            handle.write(f"1,{new_id},{tag},1500000000\n")
+    rater = int(base.user_ids[3])
+    accepted = tmp_path / "data" / "stream" / "accepted"
+    write_lines(
+        accepted / "ratings-new.csv", ["userId,movieId,rating,timestamp", f"{rater},{new_id},4.5,1600000000"]
+    )
+
+    refresh_assets = [
+        "raw_movies",
+        "raw_tags",
+        "tag_genome",
+        "content_features",
+        "training_ratings",
+        "catalogue_refresh",
+    ]
+    second = run_graph(tmp_path, selection=refresh_assets, **source)
+    assert second.success
+    done = materialized(second)
+    assert sorted(done) == sorted(refresh_assets)  # no retrain: als_model and the bundle untouched
+    refresh = done["catalogue_refresh"]
+    assert refresh["outcome"].value == "promoted", refresh["reason"].value
+    assert refresh["added_cold_items"].value == 1
+    refreshed = load_bundle(Path(refresh["bundle_path"].value))
+    assert promoted_version(root) == refreshed.version != base.version
+    assert refreshed.manifest["refreshed_from"]["version"] == base.version
+    same_model = (
+        np.array_equal(refreshed.item_factors, base.item_factors)
+        if base.kind == "als"
+        else (refreshed.item_similarity != base.item_similarity).nnz == 0
+    )
+    assert same_model and np.array_equal(refreshed.top_rows, base.top_rows)
+    assert refreshed.cold is not None and new_id in refreshed.cold.movie_ids
+
+    with Server(settings_for(root, tmp_path, cold_slots=3)) as client:
+        movie = client.get(f"/movies/{new_id}")
+        assert movie.status_code == 200, movie.text
+        assert movie.json()["title"] == "Brand New Release" and movie.json()["content_scored"] is True
+        similar = client.get(f"/movies/{new_id}/similar", params={"k": 5}).json()
+        assert similar["strategy"] == "content" and len(similar["items"]) == 5
+        assert template in [item["movieId"] for item in similar["items"]]
+        # The new movie is recommendable, but never to the user who already rated it.
+        listed = client.get(f"/users/{rater}/recommendations", params={"k": 20}).json()["items"]
+        assert new_id not in [item["movieId"] for item in listed]
+        assert any(item.get("content_scored") for item in listed)

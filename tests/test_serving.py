@@ -329,7 +329,7 @@ def test_item_item_kinds_serve_their_saved_matrix_exactly(bundles, kind: str) ->
     # Similar movies: the item's row of the matrix, itself excluded.
     row = similarity[5].copy()
     row[5] = -np.inf
-    assert precomputed.similar(5, 7).rows.tolist() == exact_order(row, 7)
+    assert precomputed.similar(5, 7)[0].rows.tolist() == exact_order(row, 7)
 
 
 @pytest.mark.parametrize("kind", ["ease", "item_knn"])
@@ -353,7 +353,7 @@ def test_api_serves_an_item_item_bundle(tmp_path: Path, bundles, kind: str) -> N
         assert cold["strategy"] == "fold_in" and len(cold["items"]) == 5
         assert not {i["movieId"] for i in cold["items"]} & set(liked)
         similar = client.get(f"/movies/{liked[0]}/similar", params={"k": 4}).json()["items"]
-        assert [i["movieId"] for i in similar] == bundle.item_ids[engine.similar(1, 4).rows].tolist()
+        assert [i["movieId"] for i in similar] == bundle.item_ids[engine.similar(1, 4)[0].rows].tolist()
 
 
 def test_rate_limit_and_admin_key(tmp_path: Path, bundles) -> None:

@@ -4,11 +4,11 @@ import dagster as dg
 import polars as pl
 
 from ..processing.splits import iso_time
-from ..sources.formats import read_movies, read_ratings
+from ..sources.formats import read_genome, read_movies, read_ratings, read_tags
 from ..streaming.simulator import parse_day
 from ..streaming.store import BATCH_COLUMN
 from ..validation.suites import ratings_expectations, validate
-from .metadata import frame_metadata, upstream_source
+from .metadata import frame_metadata, markdown_table, upstream_source
 from .partitions import rating_batch_spec, rating_batches
 from .resources import DatasetSource, StreamStore
 from .validation import report_result
@@ -62,6 +62,44 @@ def raw_ratings(context: dg.AssetExecutionContext, source: DatasetSource) -> pl.
         }
     )
     return ratings
+
+
+@dg.asset(group_name="ingestion", kinds={"polars", "parquet"})
+def raw_tags(context: dg.AssetExecutionContext, source: DatasetSource) -> pl.DataFrame:
+    """User tags (user_id, movie_id, tag, timestamp) where the release has them (``tags.csv``);
+    empty otherwise. Like ratings, only tags before the streaming cutoff."""
+    resolved, extra = _source_metadata(context, source)
+    tags = read_tags(resolved.directory)
+    if source.history_cutoff:
+        tags = tags.filter(pl.col("timestamp") < parse_day(source.history_cutoff))
+    top = tags.group_by("tag").len().sort(["len", "tag"], descending=[True, False]).head(15)
+    context.add_output_metadata(
+        {
+            **frame_metadata(tags, resolved.describe()),
+            **extra,
+            "movies_tagged": tags["movie_id"].n_unique(),
+            "distinct_tags": tags["tag"].n_unique(),
+            "most_used_tags": dg.MetadataValue.md(markdown_table(top)),
+        }
+    )
+    return tags
+
+
+@dg.asset(group_name="ingestion", kinds={"polars", "parquet"})
+def tag_genome(context: dg.AssetExecutionContext, source: DatasetSource) -> pl.DataFrame:
+    """The tag genome (movie_id, tag, relevance in [0, 1]) where the release has it (ml-20m and
+    later: ``genome-scores.csv``); empty otherwise."""
+    resolved, extra = _source_metadata(context, source)
+    genome = read_genome(resolved.directory)
+    context.add_output_metadata(
+        {
+            **frame_metadata(genome, resolved.describe()),
+            **extra,
+            "movies_covered": genome["movie_id"].n_unique(),
+            "genome_tags": genome["tag"].n_unique(),
+        }
+    )
+    return genome
 
 
 @dg.asset_check(

@@ -11,11 +11,13 @@ from pydantic import Field
 
 from recsys_serving.confidence import Weighting
 
+from ..modeling.content import ContentModelRules
 from ..modeling.index import ItemIndex, build_index, index_recall
 from ..modeling.packaging import package_bundle
 from ..modeling.recommenders import ALSParams
 from ..modeling.training import TrainedModel, TrainingPlan, train_and_evaluate
 from ..modeling.tuning import SearchSpace, Trial
+from ..processing.content import ContentVectors
 from .metadata import markdown_table, upstream_source
 from .plots import methods_chart
 from .preparation import recorded_interaction_rules
@@ -313,10 +315,20 @@ def faiss_index_recall(faiss_index: ItemIndex, als_model: TrainedModel) -> dg.As
     )
 
 
+CONTENT_MODEL = ContentModelRules()
+
+
 class BundleConfig(dg.Config):
     # Each known user's best unseen items, ranked once here so a server answers plain requests by
     # slicing an array (benchmarks/serve_bench.py); 8 bytes per user and listed item. 0: none.
     precomputed_top_n: int = Field(50, ge=0)
+    # Movies the model does not score (new, rarely rated) get into the bundle scored from content.
+    cold_items: bool = True
+    content_ridge_l2: float = Field(CONTENT_MODEL.ridge_l2, gt=0)
+    content_neighbours: int = Field(CONTENT_MODEL.neighbours, ge=1)
+
+    def content_rules(self) -> ContentModelRules:
+        return ContentModelRules(ridge_l2=self.content_ridge_l2, neighbours=self.content_neighbours)
 
 
 @dg.asset(group_name=MODEL_GROUP, kinds={"mlflow"})
@@ -328,12 +340,14 @@ def production_bundle(
     raw_movies: pl.DataFrame,
     training_ratings: pl.DataFrame,
     temporal_splits: dict[str, pl.DataFrame],
+    content_features: pl.DataFrame,
     mlflow_tracking: MLflowTracking,
     bundle_store: BundleStore,
 ) -> dict:
     """An immutable, versioned bundle of the chosen model kind (ALS factors and the FAISS index, or
     the sparse EASE / item-kNN matrix), with id maps, seen and liked items, movies, popularity,
-    precomputed lists and a manifest with hashes; logged to the training run in MLflow and
+    precomputed lists, the cold part (movies the model does not score, scored from content) and a
+    manifest with hashes; logged to the training run in MLflow and
     registered as a new version of the model with the ``challenger`` alias.
     ``promotion_decision`` decides whether it is served."""
     manifest = {
@@ -364,23 +378,20 @@ def production_bundle(
         faiss_index.load(),
         top_n=config.precomputed_top_n,
         rules=recorded_interaction_rules(context.instance),
+        content=ContentVectors.from_frame(content_features) if config.cold_items else None,
+        content_rules=config.content_rules(),
     )
     version = path.name
     client = mlflow_tracking.client()
     client.log_artifacts(als_model.mlflow_run_id, str(path), artifact_path="bundle")
     client.set_tag(als_model.mlflow_run_id, "bundle_version", version)
     name = mlflow_tracking.registered_model
-    if client.search_registered_models(filter_string=f"name = '{name}'") == []:
-        client.create_registered_model(
-            name, description="MovieLens recommender bundles (ALS, EASE or item-kNN, as validated)"
-        )
     artifact_uri = client.get_run(als_model.mlflow_run_id).info.artifact_uri
     ndcg = als_model.test_metrics["ndcg@10"]
-    registered = client.create_model_version(
-        name,
-        source=f"{artifact_uri}/bundle",
-        run_id=als_model.mlflow_run_id,
-        tags={
+    registered = mlflow_tracking.register_bundle(
+        f"{artifact_uri}/bundle",
+        als_model.mlflow_run_id,
+        {
             "bundle_version": version,
             "bundle_path": str(path),
             "dataset_fingerprint": als_model.dataset_fingerprint,
@@ -390,7 +401,7 @@ def production_bundle(
             "test_ndcg_at_10": f"{ndcg:.6f}",
         },
     )
-    client.set_registered_model_alias(name, "challenger", registered.version)
+    client.set_registered_model_alias(name, "challenger", registered)
     size = sum(f.stat().st_size for f in path.iterdir())
     context.add_output_metadata(
         {
@@ -400,17 +411,18 @@ def production_bundle(
             "bundle_path": dg.MetadataValue.path(str(path)),
             "size_mb": round(size / 1e6, 2),
             "registered_model": name,
-            "model_version": int(registered.version),
+            "model_version": int(registered),
             "alias": "challenger",
             "test_ndcg@10": ndcg,
             "precomputed_top_n": config.precomputed_top_n,
+            "cold_items": len(np.load(path / "cold_ids.npy")) if config.cold_items else 0,
             "files": dg.MetadataValue.json({p.name: p.stat().st_size for p in sorted(path.iterdir())}),
         }
     )
     return {
         "version": version,
         "path": str(path),
-        "model_version": registered.version,
+        "model_version": registered,
         "mlflow_run_id": als_model.mlflow_run_id,
         "model_kind": als_model.kind,
     }

@@ -36,7 +36,7 @@ class PromotionConfig(dg.Config):
         return PromotionRule(metric=self.primary_metric, tolerance=self.tolerance, min_users=self.min_users)
 
 
-def _check_states(instance: dg.DagsterInstance) -> dict[str, str]:
+def check_states(instance: dg.DagsterInstance) -> dict[str, str]:
     states = {}
     for key in BLOCKING_CHECKS:
         record = instance.get_latest_asset_check_evaluation_record(key)
@@ -83,7 +83,7 @@ def promotion_decision(
     client = mlflow_tracking.client()
     challenger_version = production_bundle["version"]
     champion_version = promoted_version(root)
-    checks = _check_states(context.instance)
+    checks = check_states(context.instance)
     comparison: Comparison | None = None
     kinds: dict[str, str] = {}
     challenger = champion = None

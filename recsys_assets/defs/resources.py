@@ -169,6 +169,15 @@ class MLflowTracking(dg.ConfigurableResource):
             return found.experiment_id
         return client.create_experiment(self.experiment, artifact_location=self._artifact_location())
 
+    def register_bundle(self, source: str, run_id: str | None, tags: dict[str, str]) -> str:
+        """A new version of the registered model for a bundle (created on first use); returns it."""
+        client, name = self.client(), self.registered_model
+        if client.search_registered_models(filter_string=f"name = '{name}'") == []:
+            client.create_registered_model(
+                name, description="MovieLens recommender bundles (ALS, EASE or item-kNN, as validated)"
+            )
+        return str(client.create_model_version(name, source=source, run_id=run_id, tags=tags).version)
+
     @contextlib.contextmanager
     def run(self, name: str, tags: dict[str, str], parent_run_id: str | None = None) -> Iterator[str]:
         client = self.client()

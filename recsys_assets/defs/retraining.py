@@ -11,7 +11,9 @@ from .partitions import DRIFT_REPORT
 
 retrain_job = dg.define_asset_job(
     "retrain",
-    selection=dg.AssetSelection.assets("training_ratings").downstream(),
+    # The catalogue's content is read again too: new movies come with a retrain as well.
+    selection=dg.AssetSelection.assets("training_ratings").downstream()
+    | dg.AssetSelection.assets("content_features").upstream(),
     description="Train on history plus every accepted batch, build a challenger bundle and decide "
     "whether it replaces the champion.",
 )

@@ -44,3 +44,15 @@ def settle_before_comparing(facts: PromotionFacts) -> Verdict | None:
             f"{facts.challenger_source} (use `recsys-promote promote {facts.challenger}` to switch data)",
         )
     return None
+
+
+def settle_refresh(base: str, champion: str | None, checks: dict[str, str]) -> Verdict:
+    """Whether a catalogue refresh of bundle ``base`` (its model untouched, only the cold part
+    rebuilt) replaces the champion. No comparison is needed, the warm model being the base's
+    own: the blocking checks, then whether the base is still what is served."""
+    failed = [name for name, state in checks.items() if state == "failed"]
+    if failed:
+        return Verdict(False, "a blocking check failed: " + ", ".join(failed))
+    if champion != base:
+        return Verdict(False, f"stale: the refresh is of {base}, but {champion or 'nothing'} is served now")
+    return Verdict(True, f"catalogue refresh of the champion {base}: same model, new cold items")

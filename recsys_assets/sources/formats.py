@@ -27,6 +27,17 @@ RATINGS_SCHEMA: dict[str, pl.DataType] = {
     "rating": pl.Float32(),
     "timestamp": pl.Int64(),
 }
+TAGS_SCHEMA: dict[str, pl.DataType] = {
+    "user_id": pl.Int32(),
+    "movie_id": pl.Int32(),
+    "tag": pl.String(),
+    "timestamp": pl.Int64(),
+}
+GENOME_SCHEMA: dict[str, pl.DataType] = {
+    "movie_id": pl.Int32(),
+    "tag": pl.String(),
+    "relevance": pl.Float32(),
+}
 MOVIES_SCHEMA: dict[str, pl.DataType] = {
     "movie_id": pl.Int32(),
     "title": pl.String(),
@@ -90,6 +101,39 @@ _MOVIE_COLS = (
     Column("movieId", "movie_id", "int"),
     Column("title", "title", "str"),
     Column("genres", "genres", "str"),
+)
+
+_TAG_COLS = (
+    Column("userId", "user_id", "int"),
+    Column("movieId", "movie_id", "int"),
+    Column("tag", "tag", "str"),
+    Column("timestamp", "timestamp", "int"),
+)
+# User tags, where a release has them (ml-latest*, ml-20m/25m/32m: tags.csv; ml-10m: tags.dat).
+TAG_FILES = {
+    "csv": FileSpec("tags.csv", ",", True, "utf-8", _TAG_COLS, None),
+    "dat": FileSpec("tags.dat", "::", False, "utf-8", _TAG_COLS, 4),
+}
+# The tag genome (ml-20m, ml-25m, ml-32m): relevance of ~1,100 tags for the better-known movies.
+GENOME_SCORES = FileSpec(
+    "genome-scores.csv",
+    ",",
+    True,
+    "utf-8",
+    (
+        Column("movieId", "movie_id", "int"),
+        Column("tagId", "tag_id", "int"),
+        Column("relevance", "relevance", "float"),
+    ),
+    None,
+)
+GENOME_TAGS = FileSpec(
+    "genome-tags.csv",
+    ",",
+    True,
+    "utf-8",
+    (Column("tagId", "tag_id", "int"), Column("tag", "tag", "str")),
+    None,
 )
 
 
@@ -347,6 +391,30 @@ def read_movies(directory: Path, layout: Layout | None = None) -> pl.DataFrame:
         year.alias("year"),
         pl.col("genres").cast(pl.List(pl.String)),
     ).unique("movie_id", keep="first", maintain_order=True)
+
+
+def read_tags(directory: Path, layout: Layout | None = None) -> pl.DataFrame:
+    """Every user tag as (user_id, movie_id, tag, timestamp); empty when the release has none."""
+    layout = layout or detect_layout(directory)
+    spec = TAG_FILES.get(layout.name)
+    if spec is None or not (Path(directory) / spec.filename).is_file():
+        return pl.DataFrame(schema=TAGS_SCHEMA)
+    frame = read_table(Path(directory) / spec.filename, spec)
+    return frame.select(pl.col(name).cast(dtype) for name, dtype in TAGS_SCHEMA.items())
+
+
+def read_genome(directory: Path) -> pl.DataFrame:
+    """The tag genome as (movie_id, tag, relevance); empty when the release has none."""
+    scores_path, tags_path = Path(directory) / GENOME_SCORES.filename, Path(directory) / GENOME_TAGS.filename
+    if not scores_path.is_file():
+        return pl.DataFrame(schema=GENOME_SCHEMA)
+    if not tags_path.is_file():
+        raise FileNotFoundError(f"{scores_path} needs {tags_path} (the genome's tag names)")
+    scores = read_table(scores_path, GENOME_SCORES)
+    names = read_table(tags_path, GENOME_TAGS)
+    return scores.join(names, on="tag_id", how="left", validate="m:1").select(
+        pl.col(name).cast(dtype) for name, dtype in GENOME_SCHEMA.items()
+    )
 
 
 def _read_ml100k_genre_flags(path: Path, spec: FileSpec) -> pl.Series:

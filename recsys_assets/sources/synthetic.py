@@ -11,7 +11,10 @@ How a rating comes about:
   so what a user rates depends on who they are, not only on what is popular; each rating's time
   falls in the user's active period, after the movie's release;
 - the star value follows affinity, user bias and item quality, on the half-star scale (whole stars
-  only before 2003-02-18, as on the real MovieLens).
+  only before 2003-02-18, as on the real MovieLens);
+- a share of ratings (``tags_per_rating``) comes with a user tag (``tags.csv``), drawn from a fixed
+  vocabulary by how well each tag's hidden direction fits the movie's hidden factors, so tags
+  carry what genres do not (the content model for new movies learns from them).
 
 Everything is numpy over arrays in chunks of users; nothing loops in Python per rating or user.
 """
@@ -96,6 +99,15 @@ _NOUNS = [
     "Lantern",
     "Echo",
 ]
+TAG_VOCABULARY = (
+    "atmospheric", "twist ending", "dark comedy", "visually stunning", "slow burn", "feel-good",
+    "cult classic", "quirky", "thought-provoking", "based on a book", "great soundtrack",
+    "strong female lead", "violent", "heartwarming", "mind-bending", "satire", "nonlinear",
+    "dystopia", "coming of age", "true story", "space", "time travel", "heist", "revenge",
+    "road trip", "small town", "friendship", "survival", "conspiracy", "family", "musicians",
+    "politics", "surreal", "bleak", "witty dialogue", "epic", "underrated", "overrated",
+    "predictable", "classic",
+)  # fmt: skip
 HALF_STARS_SINCE = int(datetime(2003, 2, 18, tzinfo=UTC).timestamp())
 _DAY = 86_400
 
@@ -112,6 +124,7 @@ class SyntheticConfig:
     popularity_exponent: float = 1.2  # Zipf exponent of item popularity
     taste_strength: float = 6.0  # how strongly affinity (vs. popularity) decides what is rated
     pool_factor: int = 8  # candidate movies weighed per rating a user makes
+    tags_per_rating: float = 0.03  # share of ratings that come with a user tag
 
     def __post_init__(self) -> None:
         for name in ("n_users", "n_movies", "n_ratings", "n_factors", "pool_factor"):
@@ -217,6 +230,38 @@ def _user_counts(cfg: SyntheticConfig, rng: np.random.Generator, target: int) ->
 
 def generate(cfg: SyntheticConfig, progress: bool = False) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Return ``(movies, ratings)`` in MovieLens CSV column names (movieId, userId, ...)."""
+    movies, ratings, _ = generate_with_tags(cfg, progress)
+    return movies, ratings
+
+
+def _tags(
+    cfg: SyntheticConfig, item_f: np.ndarray, users: np.ndarray, chosen: np.ndarray, stamps: np.ndarray
+) -> pl.DataFrame:
+    """User tags on a share of the ratings, each drawn (Gumbel-max) by its fit to the movie's
+    hidden factors. A separate generator, so adding tags left the ratings as they were."""
+    rng = np.random.default_rng([cfg.seed, 1])
+    tagged = np.flatnonzero(rng.random(len(users)) < cfg.tags_per_rating)
+    directions = rng.normal(size=(len(TAG_VOCABULARY), cfg.n_factors)).astype(np.float32)
+    norms = np.linalg.norm(item_f, axis=1, keepdims=True) + 1e-9
+    picked = np.empty(len(tagged), dtype=np.int64)
+    for start in range(0, len(tagged), 500_000):
+        block = tagged[start : start + 500_000]
+        logits = 4.0 * (item_f[chosen[block]] / norms[chosen[block]]) @ directions.T
+        picked[start : start + len(block)] = np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)
+    return pl.DataFrame(
+        {
+            "userId": (users[tagged] + 1).astype(np.int32),
+            "movieId_row": chosen[tagged],
+            "tag": np.array(TAG_VOCABULARY)[picked],
+            "timestamp": stamps[tagged] + rng.integers(1, 600, size=len(tagged)),
+        }
+    )
+
+
+def generate_with_tags(
+    cfg: SyntheticConfig, progress: bool = False
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """``(movies, ratings, tags)`` in MovieLens CSV column names."""
     rng = np.random.default_rng(cfg.seed)
     movies = _movies(cfg, rng)
     n_genres = movies["multi_hot"].shape[1]
@@ -294,25 +339,31 @@ def generate(cfg: SyntheticConfig, progress: bool = False) -> tuple[pl.DataFrame
     movie_frame = pl.DataFrame(
         {"movieId": movies["ids"], "title": movies["titles"], "genres": movies["genres"]}
     )
-    return movie_frame, ratings
+    tags = _tags(cfg, item_f, users, chosen, stamps)
+    tags = tags.select(
+        "userId", pl.Series("movieId", movies["ids"][tags["movieId_row"].to_numpy()]), "tag", "timestamp"
+    ).sort(["userId", "timestamp"])
+    return movie_frame, ratings, tags
 
 
 def write_dataset(cfg: SyntheticConfig, directory: Path, progress: bool = False) -> Path:
-    """Write ``movies.csv``, ``ratings.csv`` and a README into ``directory`` atomically."""
+    """Write ``movies.csv``, ``ratings.csv``, ``tags.csv`` and a README into ``directory`` atomically."""
     directory = Path(directory)
     if (directory / "ratings.csv").is_file() and (directory / "movies.csv").is_file():
         return directory
     directory.parent.mkdir(parents=True, exist_ok=True)
-    movies, ratings = generate(cfg, progress=progress)
+    movies, ratings, tags = generate_with_tags(cfg, progress=progress)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
         movies.write_csv(staging / "movies.csv")
         ratings.write_csv(staging / "ratings.csv", float_precision=1)
+        tags.write_csv(staging / "tags.csv")
         (staging / "synthetic.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         (staging / "README.txt").write_text(
             "Synthetic MovieLens-format data generated by recsys_assets.sources.synthetic.\n"
             f"{len(ratings):,} ratings by {ratings['userId'].n_unique():,} users on "
-            f"{len(movies):,} movies; parameters in synthetic.json. Not real user data.\n"
+            f"{len(movies):,} movies, {len(tags):,} tags; parameters in synthetic.json. "
+            "Not real user data.\n"
         )
         publish_directory(staging, directory)
     finally:

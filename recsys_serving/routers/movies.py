@@ -24,7 +24,7 @@ def router(settings: ServingSettings) -> APIRouter:
 
     @routes.get("/movies/{movie_id}", response_model=MovieResponse, responses=NOT_FOUND)
     async def get_movie(current: Served, movie_id: Annotated[int, PathParam(ge=1, le=INT64_MAX)]) -> Response:
-        row = current.item_row(movie_id)
+        row = current.catalogue_row(movie_id)
         if row is None:
             raise not_in_catalogue(movie_id)
         return JSONResponse({**current.movie_fields[row], "bundle_version": current.version})
@@ -39,12 +39,11 @@ def router(settings: ServingSettings) -> APIRouter:
         current = current_engine(request)
         movie_id = parse_id(request.path_params["movie_id"], "movie_id")
         k = parse_k(query(request), settings.max_k)
-        row = current.item_row(movie_id)
+        row = current.catalogue_row(movie_id)
         if row is None:
             raise not_in_catalogue(movie_id)
-        return movie_list(
-            request, current, current.similar(row, k), strategy=current.kind, k=k, movieId=movie_id
-        )
+        scored, strategy = current.similar(row, k)
+        return movie_list(request, current, scored, strategy=strategy, k=k, movieId=movie_id)
 
     @routes.get(
         "/popular",

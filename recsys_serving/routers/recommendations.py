@@ -52,7 +52,8 @@ def router(settings: ServingSettings) -> APIRouter:
         excluded = parse_id_list(params.get("exclude"), "exclude", limit)
         genres = parse_genres(current, params.get("genres"), "genres", limit)
         explain = parse_bool(params.get("explain"), "explain")
-        exclude_rows = current.item_rows(np.array(excluded, dtype=np.int64)) if excluded else NO_ROWS
+        exclude_rows = current.catalogue_rows(excluded) if excluded else NO_ROWS
+        exclude_rows = exclude_rows[exclude_rows >= 0]
         row = current.user_row(user_id)
         if row is None:
             service.metrics.fallbacks.labels("unknown_user").inc()
@@ -84,11 +85,10 @@ def router(settings: ServingSettings) -> APIRouter:
         check_length(body.genres, "genres", limit, "body")
         check_genres(current, body.genres, "genres", "body")
         check_k(body.k, settings.max_k, "body", body.k)
-        liked = np.array(body.liked, dtype=np.int64)
-        rows = current.lookup(current.item_ids, liked)
-        unknown = sorted({int(m) for m in liked[rows < 0]})
+        rows = current.catalogue_rows(body.liked)
+        unknown = sorted({m for m, row in zip(body.liked, rows.tolist(), strict=True) if row < 0})
         known = np.unique(rows[rows >= 0])
-        if known.size == 0:
+        if not (known < current.n_items).any():
             service_of(request).metrics.fallbacks.labels("no_known_liked").inc()
             scored, strategy = current.popular(body.k, body.genres, known), "popular_fallback"
         else:

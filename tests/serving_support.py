@@ -18,7 +18,7 @@ from recsys_assets.modeling.recommenders import ALSParams
 from recsys_assets.modeling.training import TrainingPlan, train_and_evaluate
 from recsys_assets.processing.interactions import InteractionRules, build_interactions
 from recsys_assets.processing.splits import SplitRules, temporal_split
-from recsys_assets.sources.formats import read_movies, read_ratings
+from recsys_assets.sources.formats import read_movies, read_ratings, read_tags
 from recsys_assets.sources.synthetic import SyntheticConfig, write_dataset
 from recsys_serving.main import create_app
 from recsys_serving.promotion import promote
@@ -51,7 +51,7 @@ def serving_dataset(directory: Path) -> dict:
     )
     interactions, _ = build_interactions(ratings, InteractionRules())
     splits = temporal_split(interactions, SplitRules(strategy="leave_last_n", n=2))
-    return {"ratings": ratings, "movies": movies, "splits": splits}
+    return {"ratings": ratings, "movies": movies, "splits": splits, "tags": read_tags(directory)}
 
 
 def build(root: Path, dataset: dict, factors: int, kind: str = "als") -> Path:

@@ -1,0 +1,204 @@
+"""Content vectors, the content model and cold items in bundles and in the engine."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import scipy.sparse as sp
+
+from recsys_assets.modeling.content import cold_items, estimate_factors, neighbour_weights
+from recsys_assets.modeling.packaging import package_bundle
+from recsys_assets.modeling.recommenders import ALSParams
+from recsys_assets.modeling.training import TrainingPlan, train_and_evaluate
+from recsys_assets.processing.content import ContentRules, content_vectors, year_block
+from recsys_serving.bundle import BundleError, load_bundle
+from recsys_serving.engine import NO_ROWS, Engine
+
+TINY = pl.DataFrame(
+    {
+        "movie_id": [10, 20, 30, 40],
+        "title": ["A", "B", "C", "D"],
+        "year": [1995, 2000, 1995, None],
+        "genres": [["Comedy", "Drama"], ["Comedy"], ["Horror"], []],
+    },
+    schema={"movie_id": pl.Int32, "title": pl.String, "year": pl.Int16, "genres": pl.List(pl.String)},
+)
+TAGS = pl.DataFrame(
+    {
+        "user_id": [1, 2, 3, 1, 2],
+        "movie_id": [10, 10, 20, 30, 30],
+        "tag": ["funny", "Funny ", "funny", "scary", "funny"],
+        "timestamp": [1, 2, 3, 4, 5],
+    },
+    schema={"user_id": pl.Int32, "movie_id": pl.Int32, "tag": pl.String, "timestamp": pl.Int64},
+)
+
+
+def test_year_spreads_over_the_two_nearest_decade_centres() -> None:
+    block = year_block(np.array([1995.0, 2000.0, np.nan, 1800.0]))
+    centre = {int(c): i for i, c in enumerate(range(1905, 2036, 10))}
+    assert block[0, centre[1995]] == 1.0 and block[0].sum() == 1.0
+    assert block[1, centre[1995]] == pytest.approx(0.5) and block[1, centre[2005]] == pytest.approx(0.5)
+    assert not block[2].any()  # unknown year: nothing
+    assert block[3, 0] == 1.0  # before the first centre: clipped to it
+
+
+def test_content_similarity_is_the_weighted_mean_of_block_cosines() -> None:
+    """Hand-computed on four movies: genres, year and tags (TF-IDF, sublinear tf, smooth idf)."""
+    rules = ContentRules(genre_weight=1.0, year_weight=0.5, tag_weight=1.0, min_tag_movies=1)
+    vectors = content_vectors(TINY, TAGS, None, rules)
+    assert vectors.movie_ids.tolist() == [10, 20, 30, 40]
+    assert set(vectors.blocks) == {"genres", "year", "tags"}
+    assert vectors.coverage == {"genres": 3, "year": 3, "tags": 3}
+    np.testing.assert_allclose(np.linalg.norm(vectors.vectors[:3], axis=1), 1.0, rtol=1e-6)
+    assert not vectors.vectors[3].any()  # nothing known of movie 40
+
+    # Genre cosines: {Comedy, Drama} vs {Comedy} = 1/sqrt(2); vs {Horror} = 0.
+    # Year cosines: 1995 vs 2000 (half on 1995, half on 2005) = 1/sqrt(2); 1995 vs 1995 = 1.
+    # Tags, lower-cased and stripped: 10 = {funny: 2}, 20 = {funny: 1}, 30 = {scary: 1, funny: 1},
+    # 40 = {}; smooth idf over 4 movies: idf(funny) = ln(5/4) + 1, idf(scary) = ln(5/2) + 1.
+    # 10 and 20 are both pure "funny" (whatever the tf): cosine 1.
+    idf_funny, idf_scary = math.log(5 / 4) + 1, math.log(5 / 2) + 1
+    tags_10_30 = idf_funny / math.sqrt(idf_funny**2 + idf_scary**2)
+    weights = {"genres": 1.0, "year": 0.5, "tags": 1.0}
+    total = sum(weights.values())
+
+    def expected(genre: float, year: float, tag: float) -> float:
+        return (weights["genres"] * genre + weights["year"] * year + weights["tags"] * tag) / total
+
+    similarity = vectors.vectors @ vectors.vectors.T
+    assert similarity[0, 1] == pytest.approx(expected(1 / math.sqrt(2), 1 / math.sqrt(2), 1.0), abs=1e-6)
+    assert similarity[0, 2] == pytest.approx(expected(0.0, 1.0, tags_10_30), abs=1e-6)
+    assert similarity[1, 2] == pytest.approx(expected(0.0, 1 / math.sqrt(2), tags_10_30), abs=1e-6)
+
+
+def test_a_zero_weight_leaves_a_block_out() -> None:
+    vectors = content_vectors(TINY, TAGS, None, ContentRules(tag_weight=0.0, min_tag_movies=1))
+    assert set(vectors.blocks) == {"genres", "year"}
+    assert vectors.vectors.shape[1] == vectors.blocks["year"][1]
+
+
+def test_ridge_recovers_factors_that_are_linear_in_content() -> None:
+    rng = np.random.default_rng(0)
+    content = rng.normal(size=(400, 12)).astype(np.float32)
+    mapping = rng.normal(size=(12, 4)).astype(np.float32)
+    factors = content @ mapping
+    estimated = estimate_factors(content[:300], factors[:300], content[300:], l2=1e-4)
+    np.testing.assert_allclose(estimated, factors[300:], atol=1e-2)
+
+
+def test_neighbour_weights_pick_the_nearest_warm_items_and_sum_to_one() -> None:
+    warm = np.eye(4, dtype=np.float32)
+    cold = np.array([[0.8, 0.6, 0, 0], [0, 0, 0, -1.0]], dtype=np.float32)
+    weights = neighbour_weights(cold, warm, k=2).toarray()
+    np.testing.assert_allclose(weights[0], [0.8 / 1.4, 0.6 / 1.4, 0, 0], rtol=1e-6)
+    assert not weights[1].any()  # no warm item is similar at all: no weight
+
+
+def test_cold_items_mark_what_each_user_rated() -> None:
+    content = content_vectors(TINY, TAGS, None, ContentRules(min_tag_movies=1))
+    ratings = pl.DataFrame({"user_id": [7, 7, 9, 5], "movie_id": [30, 10, 40, 30]})
+    factors = np.arange(4, dtype=np.float32).reshape(2, 2)
+    cold = cold_items(content, np.array([10, 20]), np.array([7, 9]), ratings, item_factors=factors)
+    assert cold.movie_ids.tolist() == [30, 40]
+    assert cold.seen.toarray().tolist() == [[1.0, 0.0], [0.0, 1.0]]  # user 5 is not a bundle user
+    assert cold.factors is not None and cold.factors.shape == (2, 2)
+    np.testing.assert_allclose(cold.content, content.vectors[[0, 1, 2, 3]])
+    with pytest.raises(ValueError, match="item factors"):
+        cold_items(content, np.array([10, 20]), np.array([7, 9]), ratings)
+
+
+@pytest.fixture(scope="module")
+def cold_bundles(tmp_path_factory: pytest.TempPathFactory, dataset: dict) -> dict[str, Path]:
+    """The serving dataset's model as bundles with and without a cold part, for ALS and EASE."""
+    root = tmp_path_factory.mktemp("cold-bundles")
+    content = content_vectors(dataset["movies"], dataset["tags"])
+    built = {}
+    for kind in ("als", "ease"):
+        plan = TrainingPlan(
+            als=ALSParams(factors=8, iterations=5), tune=False, bootstrap_samples=0, model_kind=kind
+        )
+        model = train_and_evaluate(dataset["splits"], plan, info=lambda _: None)
+        for name, part in ((kind, None), (f"{kind}_cold", content)):
+            built[name] = package_bundle(
+                root, model, dataset["movies"], dataset["ratings"], dataset["splits"], {}, content=part
+            )
+    return built
+
+
+@pytest.mark.parametrize("kind", ["als", "ease"])
+def test_bundle_round_trip_and_warm_lists_unchanged_without_cold_slots(cold_bundles, kind: str) -> None:
+    plain, cold = load_bundle(cold_bundles[kind]), load_bundle(cold_bundles[f"{kind}_cold"])
+    assert plain.cold is None and cold.cold is not None
+    assert cold.manifest["cold_items"] == len(cold.cold.movie_ids) > 0
+    assert not set(cold.cold.movie_ids.tolist()) & set(cold.item_ids.tolist())
+    assert set(cold.movies["movie_id"].to_list()) == set(cold.item_ids.tolist()) | set(
+        cold.cold.movie_ids.tolist()
+    )
+    without, off, on = Engine(plain), Engine(cold, cold_slots=0), Engine(cold, cold_slots=2)
+    liked = np.array([1, 2, 3])
+    for user in range(0, len(plain.user_ids), 7):
+        expected = without.recommend_user(user, 10, NO_ROWS, [], True)
+        got = off.recommend_user(user, 10, NO_ROWS, [], True)
+        assert got.rows.tolist() == expected.rows.tolist() and got.because == expected.because
+        mixed = on.recommend_user(user, 10, NO_ROWS, [], False)
+        cold_rows = mixed.rows[mixed.rows >= on.n_items]
+        assert len(mixed.rows) == 10 and len(cold_rows) <= 2
+        # Cold items only take the last places the warm ones would have had.
+        warm_rows = mixed.rows[mixed.rows < on.n_items]
+        assert warm_rows.tolist() == expected.rows[: len(warm_rows)].tolist()
+        assert not set((cold_rows - on.n_items).tolist()) & set(on.cold.seen(user).tolist())
+    assert (
+        off.recommend_liked(liked, 8, [], False).rows.tolist()
+        == without.recommend_liked(liked, 8, [], False).rows.tolist()
+    )
+
+
+def test_a_bundle_with_half_a_cold_part_is_refused(cold_bundles, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(cold_bundles["als_cold"], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["files"]["cold_factors.npy"]
+    (copy / "cold_factors.npy").unlink()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="cold items need all of"):
+        load_bundle(copy)
+
+
+def test_cold_similar_is_content_nearest(cold_bundles) -> None:
+    bundle = load_bundle(cold_bundles["ease_cold"])
+    engine = Engine(bundle, cold_slots=1)
+    assert bundle.cold is not None
+    row = engine.n_items  # the first cold movie
+    scored, strategy = engine.similar(row, 6)
+    content = bundle.cold.content
+    similarity = content @ content[row]
+    similarity[row] = -np.inf
+    assert strategy == "content"
+    np.testing.assert_allclose(scored.scores, np.sort(similarity)[::-1][:6], rtol=1e-5)
+    assert row not in scored.rows.tolist()
+    warm, warm_strategy = engine.similar(0, 6)
+    assert warm_strategy == "ease" and (warm.rows < engine.n_items).all()
+
+
+def test_cold_scores_follow_the_model(cold_bundles) -> None:
+    """ALS: estimated factors times the user's factors; EASE: the liked row times the estimated
+    similarity columns."""
+    als = load_bundle(cold_bundles["als_cold"])
+    engine = Engine(als, cold_slots=1)
+    assert als.cold is not None and als.cold.factors is not None and als.user_factors is not None
+    np.testing.assert_allclose(engine.cold.user_scores(4), als.cold.factors @ als.user_factors[4], rtol=1e-5)
+    ease = load_bundle(cold_bundles["ease_cold"])
+    engine = Engine(ease, cold_slots=1)
+    assert ease.cold is not None and ease.cold.similarity is not None
+    liked = (ease.liked[4] > 0).astype(np.float32)
+    expected = np.asarray((liked @ ease.cold.similarity).todense()).ravel()
+    np.testing.assert_allclose(engine.cold.user_scores(4), expected, rtol=1e-5, atol=1e-7)
+    assert sp.issparse(ease.cold.seen)

@@ -43,7 +43,9 @@ ASSETS = [
     "content_features",
     "catalogue_refresh",
 ]
-DOWNSTREAM_OF_RATINGS = ASSETS[2:]
+# The catalogue's content does not depend on the ratings: bad ratings do not stop it.
+CONTENT_ASSETS = ["raw_tags", "tag_genome", "content_features"]
+DOWNSTREAM_OF_RATINGS = [name for name in ASSETS[2:] if name not in CONTENT_ASSETS]
 FAST_TRAINING = ALSModelConfig(
     search_factors=[16, 32], max_trials=2, baseline_trials=1, tuning_budget_seconds=60, bootstrap_samples=100
 )

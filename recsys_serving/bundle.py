@@ -33,6 +33,8 @@ Layout of ``<bundle_root>/<version>/``; ``manifest.json`` names the model kind (
     cold_factors.npy     als: float32 [n_cold, f], factors estimated from content
     cold_similarity.npz  ease and item_knn: CSR items x cold items, the similarity columns of cold
                          items (estimated from their nearest warm items in content space)
+    cold_top_rows.npy    with precomputed lists: int32 [n_users, 10], each user's best unrated
+    cold_top_scores.npy  cold items (cold positions, -1 past the end) and their float32 scores
 
 Written into a temporary directory and renamed, so a bundle directory is either complete or
 absent. The loader reads only files the manifest lists, checks every hash, and refuses a bundle
@@ -58,7 +60,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from .confidence import Weighting
-from .models import KINDS, FactorModel, ItemItemModel, Model, top_unseen
+from .models import KINDS, ColdScorer, FactorModel, ItemItemModel, Model, top_unseen
 
 FORMAT_VERSION = 4  # 4: optional cold items; 3: model kinds (als, ease, item_knn); 2: ALS only
 READABLE_FORMATS = (2, 3, 4)
@@ -70,6 +72,8 @@ KIND_FILES = {
     "item_knn": ("item_similarity.npz",),
 }
 COLD_FILES = ("cold_ids.npy", "content.npy", "cold_seen.npz")
+COLD_LISTS = ("cold_top_rows.npy", "cold_top_scores.npy")
+COLD_TOP_N = 10  # each user's best cold items ranked at packaging time (more cold slots: computed)
 COLD_KIND_FILES = {
     "als": "cold_factors.npy",
     "ease": "cold_similarity.npz",
@@ -98,6 +102,8 @@ class ColdItems:
     seen: sp.csr_matrix  # users x cold
     factors: np.ndarray | None = None  # als: [n_cold, f]
     similarity: sp.csr_matrix | None = None  # item-item kinds: items x cold
+    top_rows: np.ndarray | None = None  # [n_users, COLD_TOP_N] cold positions, -1 past the end
+    top_scores: np.ndarray | None = None
 
 
 @dataclass
@@ -285,6 +291,13 @@ def write_bundle(
         if top_n > 0:
             np.save(staging / "top_rows.npy", top_rows)
             np.save(staging / "top_scores.npy", top_scores)
+            if cold is not None:
+                scorer = ColdScorer(model, cold.factors, cold.similarity)
+                cold_rows, cold_scores = top_unseen(
+                    scorer, n_users, len(cold.movie_ids), cold.seen, COLD_TOP_N
+                )
+                np.save(staging / "cold_top_rows.npy", cold_rows)
+                np.save(staging / "cold_top_scores.npy", cold_scores)
         files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
         fold = {
             "regularization": regularization,
@@ -330,6 +343,9 @@ def _check_cold(cold: ColdItems, kind: str, n_users: int, n_items: int) -> None:
         raise BundleError(f"an ALS bundle's cold items need estimated factors for {n_cold} items")
     if kind != "als" and (cold.similarity is None or cold.similarity.shape != (n_items, n_cold)):
         raise BundleError(f"a {kind} bundle's cold items need an items x cold similarity ({n_cold} cold)")
+    for name, lists in (("cold_top_rows", cold.top_rows), ("cold_top_scores", cold.top_scores)):
+        if lists is not None and lists.shape[0] != n_users:
+            raise BundleError(f"{name} has {lists.shape[0]} users, expected {n_users}")
 
 
 def _write_cold(staging: Path, cold: ColdItems) -> None:
@@ -353,6 +369,8 @@ def _read_cold(path: Path, listed: dict[str, str]) -> ColdItems | None:
         similarity=(
             sp.load_npz(path / "cold_similarity.npz").tocsr() if "cold_similarity.npz" in listed else None
         ),
+        top_rows=np.load(path / "cold_top_rows.npy") if "cold_top_rows.npy" in listed else None,
+        top_scores=np.load(path / "cold_top_scores.npy") if "cold_top_scores.npy" in listed else None,
     )
 
 
@@ -388,7 +406,9 @@ def verify_bundle(path: Path) -> dict[str, Any]:
     unlisted = sorted(present - set(listed))
     if unlisted:
         raise BundleError(f"{path}: {', '.join(unlisted)} not listed in the manifest (refused unverified)")
-    allowed = set(COMMON_FILES) | set(KIND_FILES[kind]) | set(OPTIONAL_FILES) | set(COLD_FILES)
+    allowed = (
+        set(COMMON_FILES) | set(KIND_FILES[kind]) | set(OPTIONAL_FILES) | set(COLD_FILES) | set(COLD_LISTS)
+    )
     allowed.add(COLD_KIND_FILES[kind])
     unexpected = sorted(set(listed) - allowed)
     if unexpected:
@@ -403,8 +423,10 @@ def verify_bundle(path: Path) -> dict[str, Any]:
     if ("top_rows.npy" in listed) != ("top_scores.npy" in listed):
         raise BundleError(f"{path}: top_rows.npy and top_scores.npy come together")
     cold = {*COLD_FILES, COLD_KIND_FILES[kind]}
-    if cold & set(listed) and not cold <= set(listed):
+    if (cold | set(COLD_LISTS)) & set(listed) and not cold <= set(listed):
         raise BundleError(f"{path}: cold items need all of {', '.join(sorted(cold))}")
+    if ("cold_top_rows.npy" in listed) != ("cold_top_scores.npy" in listed):
+        raise BundleError(f"{path}: cold_top_rows.npy and cold_top_scores.npy come together")
     for name, expected in listed.items():
         if _sha256(path / name) != expected:
             raise BundleError(f"{path}: {name} is corrupted (sha256 differs from the manifest)")

@@ -6,8 +6,10 @@ A known or new user's score for a cold movie is on the model's own scale (estima
 or similarity columns estimated from content neighbours). Estimates from content are shrunk
 towards the average movie, so cold movies would rarely outscore warm ones on their own: the
 best ``slots`` cold movies with a positive score take the last places of a list instead, shown
-with their estimated scores (the way new releases get exposure at all). Similar movies of a cold movie come from content
-similarity (a FAISS inner-product search over unit content vectors).
+with their estimated scores (the way new releases get exposure at all). A known user's best cold
+movies are ranked when the bundle is built (``cold_top_rows``), like the warm lists; filters
+that exhaust them, and new users, are scored here. Similar movies of a cold movie come from
+content similarity (a FAISS inner-product search over unit content vectors).
 """
 
 from __future__ import annotations
@@ -16,46 +18,42 @@ import faiss
 import numpy as np
 
 from .bundle import ColdItems
-from .models import FactorModel, ItemItemModel, Model, Scored, exact
+from .models import ColdScorer, Model, Scored, exact
 
 
 class ColdCatalogue:
     def __init__(self, cold: ColdItems, model: Model, n_items: int):
-        self.cold, self.model, self.n_items = cold, model, n_items
+        self.cold, self.n_items = cold, n_items
         self.n_cold = len(cold.movie_ids)
+        self.scorer = ColdScorer(model, cold.factors, cold.similarity)
         self.content_index = faiss.IndexFlatIP(cold.content.shape[1])
         self.content_index.add(np.ascontiguousarray(cold.content, dtype=np.float32))
-        self.factors = None if cold.factors is None else np.ascontiguousarray(cold.factors, dtype=np.float32)
-        self.similarity = None if cold.similarity is None else cold.similarity.tocsr().astype(np.float32)
-
-    def user_scores(self, user_row: int) -> np.ndarray:
-        """A known user's scores for every cold item (the model's scale)."""
-        if isinstance(self.model, FactorModel) and self.factors is not None:
-            scores: np.ndarray = self.factors @ self.model.user_factors[user_row]
-            return scores
-        assert isinstance(self.model, ItemItemModel)
-        inputs = self.model.inputs
-        start, end = inputs.indptr[user_row], inputs.indptr[user_row + 1]
-        return self._item_item(inputs.indices[start:end], inputs.data[start:end])
-
-    def liked_scores(self, liked_rows: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """A new user's scores for every cold item, from the movies they like."""
-        if isinstance(self.model, FactorModel) and self.factors is not None:
-            scores: np.ndarray = self.factors @ self.model.liked_vector(liked_rows, values)
-            return scores
-        assert isinstance(self.model, ItemItemModel)
-        return self._item_item(liked_rows, self.model.input_values(values))
-
-    def _item_item(self, liked_rows: np.ndarray, values: np.ndarray) -> np.ndarray:
-        if self.similarity is None or liked_rows.size == 0:
-            return np.zeros(self.n_cold, dtype=np.float32)
-        block = self.similarity[liked_rows]
-        return np.asarray(block.T @ values.astype(np.float32)).ravel().astype(np.float32, copy=False)
 
     def seen(self, user_row: int) -> np.ndarray:
         seen = self.cold.seen
         rows: np.ndarray = seen.indices[seen.indptr[user_row] : seen.indptr[user_row + 1]]
         return rows
+
+    def for_user(
+        self, user_row: int, slots: int, blocked: np.ndarray, allowed_mask: np.ndarray | None
+    ) -> Scored:
+        """A known user's ``slots`` best cold items (catalogue rows) they have not rated, without
+        the ``blocked`` cold positions and, with a mask, only allowed ones."""
+        top_rows, top_scores = self.cold.top_rows, self.cold.top_scores
+        if top_rows is not None and top_scores is not None and slots <= top_rows.shape[1]:
+            rows, scores = top_rows[user_row], top_scores[user_row]
+            complete = rows[-1] < 0
+            keep = rows >= 0
+            if blocked.size:
+                keep &= ~np.isin(rows, blocked)
+            if allowed_mask is not None:
+                keep &= allowed_mask[np.maximum(rows, 0)]
+            if keep.sum() >= slots or complete:
+                return Scored(rows[keep][:slots].astype(np.int64) + self.n_items, scores[keep][:slots])
+        allowed = np.ones(self.n_cold, dtype=bool) if allowed_mask is None else allowed_mask.copy()
+        allowed[self.seen(user_row)] = False
+        allowed[blocked] = False
+        return self.best(self.scorer.user_scores(user_row, user_row + 1)[0], slots, allowed)
 
     def best(self, scores: np.ndarray, slots: int, allowed: np.ndarray) -> Scored:
         """The ``slots`` best allowed cold items, as catalogue rows."""

@@ -13,7 +13,7 @@ import numpy as np
 
 from .bundle import Bundle, popularity_order
 from .cold import ColdCatalogue, merge
-from .models import Scored, lookup
+from .models import FactorModel, Scored, lookup
 
 NO_ROWS = np.empty(0, dtype=np.int64)
 
@@ -176,10 +176,9 @@ class Engine:
             liked = self.liked.indices[start:end], self.liked.data[start:end]
             result = Scored(result.rows, result.scores, self.model.explain(result.rows, *liked))
         if self.cold_slots and self.cold is not None:
-            blocked = np.concatenate([self.cold.seen(user_row), self._cold_positions(exclude_rows)])
-            allowed = self._cold_allowed(blocked, genres)
-            cold = self.cold.best(self.cold.user_scores(user_row), min(self.cold_slots, k), allowed)
-            result = merge(result, cold, k)
+            mask = self._of_genres(genres)[self.n_items :] if genres else None
+            blocked = self._cold_positions(exclude_rows)
+            result = merge(result, self.cold.for_user(user_row, min(self.cold_slots, k), blocked, mask), k)
         return result
 
     def recommend_liked(self, known_rows: np.ndarray, k: int, genres: list[str], explain: bool) -> Scored:
@@ -187,15 +186,25 @@ class Engine:
         model from the liked movies it was trained on; liked cold movies are only left out."""
         liked_rows = known_rows[known_rows < self.n_items]
         values = np.full(liked_rows.size, self.liked_value, dtype=np.float32)
-        result = self.model.rank_liked(liked_rows, values, k, self._allowed(liked_rows, genres))
+        allowed = self._allowed(liked_rows, genres)
+        # ALS: one folded-in vector ranks the model's items and, with cold slots, the cold ones.
+        vector = None
+        if isinstance(self.model, FactorModel):
+            vector = self.model.liked_vector(liked_rows, values)
+            result = self.model.rank_vector(vector, k, allowed)
+        else:
+            result = self.model.rank_liked(liked_rows, values, k, allowed)
         if explain:
             result = Scored(result.rows, result.scores, self.model.explain(result.rows, liked_rows, values))
         if self.cold_slots and self.cold is not None:
-            allowed = self._cold_allowed(self._cold_positions(known_rows), genres)
-            cold = self.cold.best(
-                self.cold.liked_scores(liked_rows, values), min(self.cold_slots, k), allowed
+            scorer = self.cold.scorer
+            scores = (
+                scorer.vector_scores(vector)
+                if vector is not None
+                else scorer.liked_scores(liked_rows, values)
             )
-            result = merge(result, cold, k)
+            cold_allowed = self._cold_allowed(self._cold_positions(known_rows), genres)
+            result = merge(result, self.cold.best(scores, min(self.cold_slots, k), cold_allowed), k)
         return result
 
     def popular(self, k: int, genres: list[str], blocked_rows: np.ndarray) -> Scored:

@@ -43,6 +43,9 @@ def best_rows(scores: np.ndarray, k: int) -> np.ndarray:
 
     A partition finds the k-th value, so only the items above it and the tied ones are sorted.
     """
+    if k == 1 and scores.size:  # one pass: argmax takes the first (lowest) row of the maximum
+        best = int(np.argmax(scores))
+        return np.array([best] if np.isfinite(scores[best]) else [], dtype=np.int64)
     finite = int(np.isfinite(scores).sum()) if np.isneginf(scores).any() else scores.size
     k = min(k, finite)
     if k <= 0:
@@ -88,6 +91,12 @@ def exact(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> Scor
         scores = np.where(allowed, scores, -np.inf)
     rows = best_rows(scores, k)
     return Scored(rows, scores[rows].astype(np.float32))
+
+
+class UserScores(Protocol):
+    def user_scores(self, start: int, stop: int) -> np.ndarray:
+        """Dense scores of users ``start:stop`` against every item the scorer covers."""
+        ...
 
 
 class Model(Protocol):
@@ -157,6 +166,9 @@ class FactorModel:
 
     def rank_liked(self, liked_rows: np.ndarray, values: np.ndarray, k: int, allowed: np.ndarray) -> Scored:
         return self._search(self.liked_vector(liked_rows, values), k, allowed)
+
+    def rank_vector(self, vector: np.ndarray, k: int, allowed: np.ndarray) -> Scored:
+        return self._search(vector, k, allowed)
 
     def _search(self, vector: np.ndarray, k: int, allowed: np.ndarray) -> Scored:
         """The k best allowed items by inner product, asking the index for allowed items only.
@@ -270,6 +282,40 @@ class ItemItemModel:
         return exact(row, k)
 
 
+class ColdScorer:
+    """A model's scores for items it was not trained on ("cold"): estimated ALS factors times the
+    user's factors, or the user's input row times estimated similarity columns."""
+
+    def __init__(self, model: Model, factors: np.ndarray | None, similarity: sp.csr_matrix | None):
+        self.model = model
+        self.factors = None if factors is None else np.ascontiguousarray(factors, dtype=np.float32)
+        self.similarity = None if similarity is None else similarity.tocsr().astype(np.float32)
+        if isinstance(model, FactorModel) == (self.factors is None):
+            raise ValueError("cold items need estimated factors for ALS, estimated similarity otherwise")
+
+    def user_scores(self, start: int, stop: int) -> np.ndarray:
+        if isinstance(self.model, FactorModel) and self.factors is not None:
+            block: np.ndarray = self.model.user_factors[start:stop] @ self.factors.T
+            return block
+        assert isinstance(self.model, ItemItemModel) and self.similarity is not None
+        return np.asarray((self.model.inputs[start:stop] @ self.similarity).toarray())
+
+    def vector_scores(self, vector: np.ndarray) -> np.ndarray:
+        """ALS: scores for a user given as a factor vector (a fold-in)."""
+        assert self.factors is not None
+        scores: np.ndarray = self.factors @ vector
+        return scores
+
+    def liked_scores(self, liked_rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Item-item kinds: scores for a user given as liked rows and their input values."""
+        assert isinstance(self.model, ItemItemModel) and self.similarity is not None
+        if liked_rows.size == 0:
+            return np.zeros(self.similarity.shape[1], dtype=np.float32)
+        block = self.similarity[liked_rows]
+        inputs = self.model.input_values(values)
+        return np.asarray(block.T @ inputs).ravel().astype(np.float32, copy=False)
+
+
 def lookup(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Row of each value in the sorted ``ids``, -1 where absent."""
     values = np.asarray(values, dtype=np.int64)
@@ -302,7 +348,7 @@ def searchable(
 
 
 def top_unseen(
-    model: Model, n_users: int, n_items: int, seen: sp.csr_matrix, n: int, chunk_users: int = 1024
+    model: UserScores, n_users: int, n_items: int, seen: sp.csr_matrix, n: int, chunk_users: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each user's ``n`` highest-scoring unseen items by the model's exact scores, best first.
 

@@ -194,11 +194,30 @@ def test_cold_scores_follow_the_model(cold_bundles) -> None:
     als = load_bundle(cold_bundles["als_cold"])
     engine = Engine(als, cold_slots=1)
     assert als.cold is not None and als.cold.factors is not None and als.user_factors is not None
-    np.testing.assert_allclose(engine.cold.user_scores(4), als.cold.factors @ als.user_factors[4], rtol=1e-5)
+    np.testing.assert_allclose(engine.cold.scorer.user_scores(4, 5)[0], als.cold.factors @ als.user_factors[4], rtol=1e-5)
     ease = load_bundle(cold_bundles["ease_cold"])
     engine = Engine(ease, cold_slots=1)
     assert ease.cold is not None and ease.cold.similarity is not None
     liked = (ease.liked[4] > 0).astype(np.float32)
     expected = np.asarray((liked @ ease.cold.similarity).todense()).ravel()
-    np.testing.assert_allclose(engine.cold.user_scores(4), expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(engine.cold.scorer.user_scores(4, 5)[0], expected, rtol=1e-5, atol=1e-7)
     assert sp.issparse(ease.cold.seen)
+
+
+@pytest.mark.parametrize("kind", ["als", "ease"])
+def test_precomputed_cold_lists_answer_as_computing_them_would(cold_bundles, kind: str) -> None:
+    bundle = load_bundle(cold_bundles[f"{kind}_cold"])
+    assert bundle.cold is not None and bundle.cold.top_rows is not None
+    listed = Engine(bundle, cold_slots=3)
+    without_lists = load_bundle(cold_bundles[f"{kind}_cold"])
+    assert without_lists.cold is not None
+    without_lists.cold.top_rows = without_lists.cold.top_scores = None
+    computed = Engine(without_lists, cold_slots=3)
+    genre = listed.genre_names[0]
+    cold_movies = listed.n_items + np.arange(0, listed.cold.n_cold, 3)
+    for user in range(len(bundle.user_ids)):
+        for exclude, genres in ((NO_ROWS, []), (cold_movies, []), (NO_ROWS, [genre])):
+            got = listed.recommend_user(user, 10, exclude, genres, False)
+            expected = computed.recommend_user(user, 10, exclude, genres, False)
+            assert got.rows.tolist() == expected.rows.tolist(), (user, genres)
+            np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5)

@@ -10,8 +10,10 @@ worker) on 127.0.0.1, and drives it with a bounded keep-alive load generator at 
 concurrency, each route in rounds paired with a /health run just before it. Prints requests/s
 and p50/p95/p99 per route with the median paired ratio to /health, then re-runs known-user
 recommendations paced at half their measured throughput to report p99 under moderate load, and
-finally measures known users again on a server that computes their lists instead of using the
-precomputed ones. With ``--baseline-code`` (a checkout of another revision, e.g. from
+measures known users again on a server that computes their lists instead of using the
+precomputed ones, and finally known users and cold start with no cold slots (RECSYS_COLD_SLOTS=0):
+the bundle is built as the pipeline builds it, cold items (movies the model does not score)
+included, so the default serves one cold slot per list. With ``--baseline-code`` (a checkout of another revision, e.g. from
 ``git worktree add``), the same bundle is also served by that revision's ``recsys_serving`` and
 every route measured the same way, so a change to the serving code is judged against its
 predecessor in one run. Results go to benchmarks/results/serve_bench_<kind>.json. Client and
@@ -45,9 +47,10 @@ DEFAULT_DATA = ROOT.parent / "shared" / "movielens" / "ml-latest-small"
 def build_bundle(root: Path, data_dir: Path | None, synthetic: int | None, kind: str = "als") -> Path:
     from recsys_assets.modeling.packaging import package_bundle
     from recsys_assets.modeling.training import TrainingPlan, train_and_evaluate
+    from recsys_assets.processing.content import content_vectors
     from recsys_assets.processing.interactions import InteractionRules, build_interactions
     from recsys_assets.processing.splits import SplitRules, temporal_split
-    from recsys_assets.sources.formats import read_movies, read_ratings
+    from recsys_assets.sources.formats import read_movies, read_ratings, read_tags
     from recsys_assets.sources.synthetic import SyntheticConfig, write_dataset
     from recsys_serving.promotion import promote
 
@@ -64,7 +67,13 @@ def build_bundle(root: Path, data_dir: Path | None, synthetic: int | None, kind:
     plan = TrainingPlan(tune=False, bootstrap_samples=0, model_kind=kind)
     model = train_and_evaluate(splits, plan, info=lambda _: None)
     path = package_bundle(
-        root / "bundles", model, movies, ratings, splits, {"dataset": {"source": str(data_dir)}}
+        root / "bundles",
+        model,
+        movies,
+        ratings,
+        splits,
+        {"dataset": {"source": str(data_dir)}},
+        content=content_vectors(movies, read_tags(data_dir)),
     )
     promote(root / "bundles", path.name, reason="benchmark")
     return path
@@ -275,6 +284,13 @@ def main() -> None:
             "GET /movies/{id}/similar": [_raw("GET", f"/movies/{m}/similar?k=10", None) for m in movies],
             "GET /popular": [_raw("GET", "/popular?k=10", None)],
         }
+        if bundle.cold is not None and len(bundle.cold.movie_ids):
+            cold_movies = rng.choice(
+                bundle.cold.movie_ids, size=min(500, len(bundle.cold.movie_ids)), replace=False
+            )
+            routes["GET /movies/{new id}/similar (content)"] = [
+                _raw("GET", f"/movies/{m}/similar?k=10", None) for m in cold_movies
+            ]
         with serving(work) as port:
             results = measure(port, routes, args.concurrency, args.seconds, args.rounds)
             paced = asyncio.run(
@@ -287,6 +303,15 @@ def main() -> None:
             searched = measure(
                 port,
                 {"/health": routes["/health"], known: routes[known]},
+                args.concurrency,
+                args.seconds,
+                args.rounds,
+            )
+        # Known users and cold start without the cold slot: what the slot costs.
+        with serving(work, RECSYS_COLD_SLOTS="0") as port:
+            cold_off = measure(
+                port,
+                {name: routes[name] for name in ("/health", known, "POST /recommendations (5 liked)")},
                 args.concurrency,
                 args.seconds,
                 args.rounds,
@@ -313,6 +338,12 @@ def main() -> None:
             f"| {name} | {r['rps']:.0f} | {r['ratio']:.0%} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['errors']} |"
         )
     print(f"(/health on the index-search server: {searched['/health']['rps']:.0f} req/s)")
+    cold_items = 0 if bundle.cold is None else len(bundle.cold.movie_ids)
+    print(f"\nwithout the cold slot (RECSYS_COLD_SLOTS=0; the bundle has {cold_items:,} cold movies):")
+    for name in (known, "POST /recommendations (5 liked)"):
+        print(
+            f"  {name}: {cold_off[name]['ratio']:.0%} of /health (with one cold slot: {results[name]['ratio']:.0%})"
+        )
     print(
         f"\nknown-user recommendations paced at half their throughput ({paced['rps']:.0f} req/s): "
         f"p50 {paced['p50']:.2f} ms, p95 {paced['p95']:.2f} ms, p99 {paced['p99']:.2f} ms, errors {paced['errors']}"
@@ -340,6 +371,8 @@ def main() -> None:
         "rounds": args.rounds,
         "routes": {name: scalars(r) for name, r in rows},
         "paced_known_user": scalars(paced),
+        "cold_items": cold_items,
+        "without_cold_slots": {name: scalars(r) for name, r in cold_off.items()},
     }
     if baseline is not None:
         report["baseline"] = {

@@ -41,6 +41,8 @@ class ColdCatalogue:
         the ``blocked`` cold positions and, with a mask, only allowed ones."""
         top_rows, top_scores = self.cold.top_rows, self.cold.top_scores
         if top_rows is not None and top_scores is not None and slots <= top_rows.shape[1]:
+            if not blocked.size and allowed_mask is None and top_rows[user_row, slots - 1] >= 0:
+                return Scored(top_rows[user_row, :slots] + self.n_items, top_scores[user_row, :slots])
             rows, scores = top_rows[user_row], top_scores[user_row]
             complete = rows[-1] < 0
             keep = rows >= 0
@@ -75,13 +77,18 @@ def merge(warm: Scored, cold: Scored, k: int) -> Scored:
     keep = cold.scores > 0
     if not keep.any():
         return warm
-    cold_rows, cold_scores = cold.rows[keep], cold.scores[keep]
-    n_warm = min(warm.rows.size, k - cold_rows.size)
-    rows = np.concatenate([warm.rows[:n_warm], cold_rows])
-    scores = np.concatenate([warm.scores[:n_warm], cold_scores]).astype(np.float32)
-    order = np.argsort(-scores, kind="stable")
-    because = None
-    if warm.because is not None:
-        reasons = warm.because[:n_warm] + [None] * cold_rows.size
-        because = [reasons[i] for i in order.tolist()]
-    return Scored(rows[order], scores[order], because)
+    cold_rows, cold_scores = cold.rows[keep].tolist(), cold.scores[keep].tolist()
+    n_warm = min(warm.rows.size, k - len(cold_rows))
+    # A handful of items: plain lists cost less than numpy calls. Both lists are best first; each
+    # cold item goes after every item scoring at least as much.
+    rows, scores = warm.rows[:n_warm].tolist(), warm.scores[:n_warm].tolist()
+    because = None if warm.because is None else list(warm.because[:n_warm])
+    for row, score in zip(cold_rows, cold_scores, strict=True):
+        at = len(scores)
+        while at > 0 and scores[at - 1] < score:
+            at -= 1
+        rows.insert(at, row)
+        scores.insert(at, score)
+        if because is not None:
+            because.insert(at, None)
+    return Scored(np.array(rows, dtype=np.int64), np.array(scores, dtype=np.float32), because)

@@ -177,7 +177,7 @@ class Engine:
             result = Scored(result.rows, result.scores, self.model.explain(result.rows, *liked))
         if self.cold_slots and self.cold is not None:
             mask = self._of_genres(genres)[self.n_items :] if genres else None
-            blocked = self._cold_positions(exclude_rows)
+            blocked = self._cold_positions(exclude_rows) if exclude_rows.size else exclude_rows
             result = merge(result, self.cold.for_user(user_row, min(self.cold_slots, k), blocked, mask), k)
         return result
 

@@ -74,16 +74,15 @@ class ColdCatalogue:
 def merge(warm: Scored, cold: Scored, k: int) -> Scored:
     """At most ``k`` items: the cold candidates with a positive score take the last places, the
     best warm items the rest, in score order (ties to warm); cold ones carry no explanation."""
-    keep = cold.scores > 0
-    if not keep.any():
+    candidates = [(r, v) for r, v in zip(cold.rows.tolist(), cold.scores.tolist(), strict=True) if v > 0]
+    if not candidates:
         return warm
-    cold_rows, cold_scores = cold.rows[keep].tolist(), cold.scores[keep].tolist()
-    n_warm = min(warm.rows.size, k - len(cold_rows))
+    n_warm = min(warm.rows.size, k - len(candidates))
     # A handful of items: plain lists cost less than numpy calls. Both lists are best first; each
     # cold item goes after every item scoring at least as much.
     rows, scores = warm.rows[:n_warm].tolist(), warm.scores[:n_warm].tolist()
     because = None if warm.because is None else list(warm.because[:n_warm])
-    for row, score in zip(cold_rows, cold_scores, strict=True):
+    for row, score in candidates:
         at = len(scores)
         while at > 0 and scores[at - 1] < score:
             at -= 1

@@ -90,6 +90,8 @@ def test_ridge_recovers_factors_that_are_linear_in_content() -> None:
     factors = content @ mapping
     estimated = estimate_factors(content[:300], factors[:300], content[300:], l2=1e-4)
     np.testing.assert_allclose(estimated, factors[300:], atol=1e-2)
+    one = estimate_factors(content[:300], factors[:300, :1], content[300:], l2=1e-4)
+    assert one.shape == (100, 1)  # one factor stays a column (scikit-learn flattens one target)
 
 
 def test_neighbour_weights_pick_the_nearest_warm_items_and_sum_to_one() -> None:

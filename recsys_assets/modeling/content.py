@@ -39,7 +39,9 @@ def estimate_factors(
     if len(cold_content) == 0:
         return np.zeros((0, warm_factors.shape[1]), dtype=np.float32)
     ridge = Ridge(alpha=l2).fit(warm_content, warm_factors)
-    return np.asarray(ridge.predict(cold_content), dtype=np.float32)
+    # scikit-learn returns one target as a flat array: keep [items, factors] whatever the factors.
+    predicted = np.asarray(ridge.predict(cold_content), dtype=np.float32)
+    return predicted.reshape(len(cold_content), warm_factors.shape[1])
 
 
 def neighbour_weights(cold_content: np.ndarray, warm_content: np.ndarray, k: int) -> sp.csr_matrix:

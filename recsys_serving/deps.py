@@ -40,6 +40,17 @@ def serving_engine(service: Service) -> Engine:
     return current
 
 
+def split_engine(service: Service, key: object) -> tuple[Engine, dict[str, str]]:
+    """The engine for ``key`` (a user id, or a cold-start request key) and, inside a running
+    experiment, its id and arm (the fields a response and its log row carry)."""
+    champion = serving_engine(service)
+    split = service.manager.split
+    if split is None:
+        return champion, {}
+    engine, arm = split.route(key, champion)
+    return engine, {"experiment_id": split.experiment.id, "arm": arm.name}
+
+
 def current_engine(request: Request) -> Engine:
     return serving_engine(service_of(request))
 

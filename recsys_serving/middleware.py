@@ -139,8 +139,22 @@ class ServiceMiddleware:
                     bundle_version=served.get("bundle_version"),
                     latency_ms=elapsed * 1000,
                     status=status,
+                    experiment_id=served.get("experiment_id"),
+                    arm=served.get("arm"),
+                    simulated_ts=simulated_time(scope),
                 )
             )
+
+
+def simulated_time(scope: Scope) -> float | None:
+    """The client's clock in traffic replay (``X-Simulated-Time``, unix seconds), when it sends one."""
+    for name, value in scope.get("headers") or []:
+        if name == b"x-simulated-time":
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
 
 
 def replay(body: bytes, receive: Receive) -> Receive:

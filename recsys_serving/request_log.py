@@ -34,11 +34,16 @@ CREATE TABLE IF NOT EXISTS requests (
     items TEXT,                     -- JSON [[movieId, rank, score], ...]
     bundle_version TEXT,
     latency_ms REAL NOT NULL,
-    status INTEGER NOT NULL
+    status INTEGER NOT NULL,
+    experiment_id TEXT,             -- the A/B experiment running, null outside one
+    arm TEXT,                       -- its arm that served the request
+    simulated_ts REAL               -- the client's clock (X-Simulated-Time) in traffic replay
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 """
-INSERT_ROWS = "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+# Columns added after the first release: an older log gains them (null for its old rows).
+ADDED_COLUMNS = {"experiment_id": "TEXT", "arm": "TEXT", "simulated_ts": "REAL"}
+INSERT_ROWS = "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 
 
 class RequestIds:
@@ -69,6 +74,9 @@ class RequestRecord:
     bundle_version: str | None
     latency_ms: float
     status: int
+    experiment_id: str | None = None
+    arm: str | None = None
+    simulated_ts: float | None = None
 
     def row(self) -> tuple[Any, ...]:
         # Spelled out: dataclasses.astuple deep-copies every item and cost more than the request.
@@ -84,6 +92,9 @@ class RequestRecord:
             self.bundle_version,
             self.latency_ms,
             self.status,
+            self.experiment_id,
+            self.arm,
+            self.simulated_ts,
         )
 
 
@@ -102,6 +113,10 @@ class RequestLog:
         with sqlite3.connect(self.path) as connection:  # fail at startup, not in the writer
             connection.execute("PRAGMA journal_mode=WAL")
             connection.executescript(SCHEMA)
+            present = {row[1] for row in connection.execute("PRAGMA table_info(requests)")}
+            for name, kind in ADDED_COLUMNS.items():
+                if name not in present:
+                    connection.execute(f"ALTER TABLE requests ADD COLUMN {name} {kind}")
         self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
         self._thread.start()
 

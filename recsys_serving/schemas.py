@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from .experiments import Experiment
+
 # A known user is ranked by the served model (its kind names the strategy); a new user's liked movies
 # are scored by the same model (``fold_in``); anyone else gets the most popular movies. Movies the
 # model was not trained on are found by content (``content``: genres, year, tags).
@@ -69,12 +71,20 @@ class RecommendedMovie(Movie):
     because: Because | None = Field(None, description="the liked movie that contributed most (explain=true)")
 
 
+class ExperimentAssignment(BaseModel):
+    id: str
+    arm: str
+
+
 class Recommendations(BaseModel):
     bundle_version: str
     model_kind: ModelKind = Field(description="the kind of model the served bundle holds")
     strategy: Strategy
     user_id: int | None = None
     items: list[RecommendedMovie]
+    experiment: ExperimentAssignment | None = Field(
+        None, description="the A/B experiment and arm that served this request, when one is running"
+    )
     unknown_movie_ids: list[int] = Field(
         default_factory=list,
         description="ids not in the catalogue, ignored (liked movies the model was not trained on "
@@ -120,3 +130,10 @@ class InvalidInput(BaseModel):
     detail: list[dict[str, Any]] = Field(
         ..., description="what is wrong, FastAPI's shape: a list of {type, loc, msg, input}"
     )
+
+
+class ExperimentStatus(BaseModel):
+    running: Experiment | None = Field(None, description="the experiment being served, if any")
+    arms: dict[str, str] = Field(default_factory=dict, description="arm -> bundle version it serves now")
+    weights: dict[str, float] = Field(default_factory=dict, description="arm -> share of users")
+    error: str | None = Field(None, description="why the experiment in the file is not served")

@@ -196,7 +196,9 @@ def test_cold_scores_follow_the_model(cold_bundles) -> None:
     als = load_bundle(cold_bundles["als_cold"])
     engine = Engine(als, cold_slots=1)
     assert als.cold is not None and als.cold.factors is not None and als.user_factors is not None
-    np.testing.assert_allclose(engine.cold.scorer.user_scores(4, 5)[0], als.cold.factors @ als.user_factors[4], rtol=1e-5)
+    np.testing.assert_allclose(
+        engine.cold.scorer.user_scores(4, 5)[0], als.cold.factors @ als.user_factors[4], rtol=1e-5
+    )
     ease = load_bundle(cold_bundles["ease_cold"])
     engine = Engine(ease, cold_slots=1)
     assert ease.cold is not None and ease.cold.similarity is not None

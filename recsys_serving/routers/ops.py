@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from swagger_ui_bundle import swagger_ui_path
 
-from ..deps import require_admin, service_of
-from ..responses import JSONResponse
-from ..schemas import Health, Readiness, ReloadResult, RequestLogStatus
+from ..deps import Service, require_admin, service_of
+from ..experiments import Experiment, start_experiment, stop_experiment
+from ..responses import REJECTED, JSONResponse
+from ..schemas import ErrorMessage, ExperimentStatus, Health, Readiness, ReloadResult, RequestLogStatus
 
 DOCS_ASSETS = "/docs-assets"
 
@@ -75,6 +77,64 @@ def router() -> APIRouter:
             bundle_version=current.version if current else None, changed=changed, error=manager.error
         )
 
+    admin = [Depends(require_admin)]
+    unauthorised: dict[int | str, dict[str, Any]] = {
+        401: {"model": ErrorMessage, "description": "missing or wrong X-API-Key"}
+    }
+
+    @routes.get(
+        "/admin/experiment", response_model=ExperimentStatus, dependencies=admin, responses=unauthorised
+    )
+    async def experiment_status(request: Request) -> ExperimentStatus:
+        return _experiment_status(service_of(request))
+
+    @routes.put(
+        "/admin/experiment",
+        response_model=ExperimentStatus,
+        dependencies=admin,
+        responses={
+            **unauthorised,
+            **REJECTED,
+            400: {"model": ErrorMessage, "description": "the body is not JSON"},
+            404: {"model": ErrorMessage, "description": "an arm names a bundle that is not there"},
+            409: {"model": ErrorMessage, "description": "an arm's bundle does not load"},
+        },
+    )
+    async def start(request: Request, experiment: Experiment) -> ExperimentStatus:
+        """Start (or replace) the A/B experiment: written to EXPERIMENT.json beside the bundles,
+        so every replica serves it; recorded in experiments.jsonl."""
+        service = service_of(request)
+        try:
+            await asyncio.to_thread(start_experiment, service.settings.bundle_path, experiment)
+        except FileNotFoundError as exc:
+            raise HTTPException(404, detail=str(exc)) from None
+        await asyncio.to_thread(service.manager.check, True)
+        status = _experiment_status(service)
+        if status.error:
+            raise HTTPException(409, detail=status.error)
+        return status
+
+    @routes.delete(
+        "/admin/experiment",
+        response_model=ExperimentStatus,
+        dependencies=admin,
+        responses={
+            **unauthorised,
+            **REJECTED,
+            404: {"model": ErrorMessage, "description": "no experiment is running"},
+        },
+    )
+    async def stop(
+        request: Request, reason: Annotated[str, Query(max_length=500)] = "stopped by an admin"
+    ) -> ExperimentStatus:
+        """Stop the experiment: every user back on the champion; recorded with the reason."""
+        service = service_of(request)
+        stopped = await asyncio.to_thread(stop_experiment, service.settings.bundle_path, reason)
+        if stopped is None:
+            raise HTTPException(404, detail="no experiment is running")
+        await asyncio.to_thread(service.manager.check, True)
+        return _experiment_status(service)
+
     @routes.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> HTMLResponse:
         return get_swagger_ui_html(
@@ -86,6 +146,16 @@ def router() -> APIRouter:
         )
 
     return routes
+
+
+def _experiment_status(service: Service) -> ExperimentStatus:
+    manager = service.manager
+    split, champion = manager.split, manager.engine
+    if split is None:
+        return ExperimentStatus(error=manager.experiment_error)
+    served = {name: engine or champion for name, engine in split.engines.items()}
+    arms = {name: engine.version for name, engine in served.items() if engine is not None}
+    return ExperimentStatus(running=split.experiment, arms=arms, weights=split.experiment.weights)
 
 
 def mount_docs_assets(app: FastAPI) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
-from ..deps import Served, service_of, serving_engine
+from ..deps import service_of, split_engine
 from ..engine import NO_ROWS
 from ..params import (
     ID_LIST_SCHEMA,
@@ -28,6 +30,10 @@ from ..schemas import ColdStartRequest, ErrorMessage, Recommendations
 from ..settings import ServingSettings
 
 
+def experiment_fields(assignment: dict[str, str]) -> dict[str, object]:
+    return {"experiment": {"id": assignment["experiment_id"], "arm": assignment["arm"]}} if assignment else {}
+
+
 def router(settings: ServingSettings) -> APIRouter:
     routes = APIRouter(tags=["recommendations"])
 
@@ -45,9 +51,9 @@ def router(settings: ServingSettings) -> APIRouter:
     )
     async def recommend_for_user(request: Request) -> Response:
         service = service_of(request)
-        current = serving_engine(service)
         params, limit = query(request), settings.max_list_items
         user_id = parse_id(request.path_params["user_id"], "user_id")
+        current, assignment = split_engine(service, user_id)
         k = parse_k(params, settings.max_k)
         excluded = parse_id_list(params.get("exclude"), "exclude", limit)
         genres = parse_genres(current, params.get("genres"), "genres", limit)
@@ -68,9 +74,10 @@ def router(settings: ServingSettings) -> APIRouter:
             scored,
             strategy=strategy,
             k=k,
-            logged={"user_id": user_id},
+            logged={"user_id": user_id, **assignment},
             model_kind=current.kind,
             user_id=user_id,
+            **experiment_fields(assignment),
             unknown_movie_ids=[],
         )
 
@@ -79,7 +86,16 @@ def router(settings: ServingSettings) -> APIRouter:
         response_model=Recommendations,
         responses={400: {"model": ErrorMessage, "description": "the body is not JSON"}, **REJECTED},
     )
-    async def recommend_cold_start(request: Request, current: Served, body: ColdStartRequest) -> Response:
+    async def recommend_cold_start(
+        request: Request,
+        body: ColdStartRequest,
+        x_request_key: Annotated[
+            str | None, Header(description="splits cold-start requests in an A/B test")
+        ] = None,
+    ) -> Response:
+        # Without a request key, a cold-start request is assigned by its client address.
+        key = x_request_key or (request.client.host if request.client else "unknown")
+        current, assignment = split_engine(service_of(request), f"request:{key}")
         limit = settings.max_list_items
         check_length(body.liked, "liked", limit, "body")
         check_length(body.genres, "genres", limit, "body")
@@ -99,9 +115,10 @@ def router(settings: ServingSettings) -> APIRouter:
             scored,
             strategy=strategy,
             k=body.k,
-            logged={"cold_start": True},
+            logged={"cold_start": True, **assignment},
             model_kind=current.kind,
             user_id=None,
+            **experiment_fields(assignment),
             unknown_movie_ids=unknown,
         )
 

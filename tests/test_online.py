@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import polars as pl
 import pytest
 
 from recsys_assets.online.stats import decide, ips, required_users, sample_ratio, welch
@@ -73,3 +74,81 @@ def test_ips_by_hand() -> None:
     assert normalised == pytest.approx(7.0 / weights.sum())
     with pytest.raises(ValueError):
         ips(rewards, target, np.array([0.5, 0.0, 0.1]))
+
+
+def _log(rows: list[dict]) -> pl.DataFrame:
+    from recsys_assets.online.replay import LOG_COLUMNS
+
+    base = {name: None for name in LOG_COLUMNS} | {
+        "route": "/users/{user_id}/recommendations",
+        "cold_start": 0,
+    }
+    return pl.DataFrame([base | row for row in rows], schema=LOG_COLUMNS)
+
+
+def test_replay_metrics_by_hand() -> None:
+    import json
+
+    from recsys_assets.online.replay import per_user, replay_metrics, served_lists, summarise
+
+    log = _log(
+        [
+            # user 1 at t=1000 is served 10, 20, 30; later rates 20 (5.0) and 40 (4.5) within the
+            # horizon, 30 (2.0, not positive), and 10 after the horizon.
+            {"request_id": "a", "ts": 5.0, "simulated_ts": 1000.0, "user_id": 1, "k": 3, "status": 200,
+             "items": json.dumps([[10, 1, 0.9], [20, 2, 0.8], [30, 3, 0.7]]), "bundle_version": "v1", "arm": "control"},
+            # user 2 is served 50, 60; rates nothing later.
+            {"request_id": "b", "ts": 1000.0, "user_id": 2, "k": 2, "status": 200,
+             "items": json.dumps([[50, 1, 0.5], [60, 2, 0.4]]), "bundle_version": "v2", "arm": "treatment"},
+            {"request_id": "c", "ts": 1000.0, "user_id": 3, "k": 2, "status": 503, "items": None},
+        ]
+    )  # fmt: skip
+    ratings = pl.DataFrame(
+        {"user_id": [1, 1, 1, 1, 1], "movie_id": [20, 40, 30, 10, 20], "rating": [5.0, 4.5, 2.0, 5.0, 4.0],
+         "timestamp": [1500, 2000, 1200, 1000 + 31 * 86_400, 900]}
+    )  # fmt: skip
+    served = served_lists(log)
+    assert served["request_id"].to_list() == ["a", "b"]  # the 503 served nothing
+    assert served["at"].to_list() == [1000.0, 1000.0]  # the simulated time wins over arrival
+    metrics = replay_metrics(served, ratings, horizon_days=30).sort("request_id")
+    a = metrics.row(0, named=True)
+    # One hit (20 at rank 2) of 2 later positives (20, 40): DCG = 1/log2(3), ideal = 1 + 1/log2(3).
+    assert a["hits"] == 1 and a["later_positives"] == 2
+    assert a["precision"] == pytest.approx(1 / 3)
+    assert a["ndcg"] == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
+    assert a["rated_something_served"] == 1.0  # 20 and 30 were rated
+    b = metrics.row(1, named=True)
+    assert (b["hits"], b["ndcg"], b["hit_rate"], b["rated_something_served"]) == (0, 0.0, 0.0, 0.0)
+    table = summarise(per_user(metrics), n_boot=0)
+    assert table["arm"].to_list() == ["control", "treatment"]
+    assert table["precision"].to_list() == pytest.approx([1 / 3, 0.0])
+
+
+def test_kpis_by_hand() -> None:
+    import json
+
+    from recsys_assets.online.replay import gini, serving_kpis
+
+    assert gini(np.array([1.0, 1.0, 1.0])) == pytest.approx(0.0)
+    assert gini(np.array([0.0, 0.0, 3.0])) == pytest.approx(2 / 3)
+    movies = pl.DataFrame({"movie_id": [10, 20, 30, 40], "genres": [["A"], ["A", "B"], ["C"], []]})
+    ratings = pl.DataFrame({"user_id": [1, 2, 3, 4], "movie_id": [10, 10, 20, 30]})
+    log = _log(
+        [
+            {"request_id": "a", "ts": 1.0, "user_id": 1, "k": 2, "status": 200, "latency_ms": 1.0,
+             "strategy": "als", "items": json.dumps([[10, 1, 0.9], [20, 2, 0.8]]), "bundle_version": "v"},
+            {"request_id": "b", "ts": 2.0, "user_id": 2, "k": 2, "status": 200, "latency_ms": 3.0,
+             "strategy": "popular_fallback", "items": json.dumps([[10, 1, 1.0], [30, 2, 0.5]]), "bundle_version": "v"},
+            {"request_id": "c", "ts": 3.0, "user_id": 3, "k": 2, "status": 500, "latency_ms": 5.0, "bundle_version": "v"},
+        ]
+    )  # fmt: skip
+    kpis = serving_kpis(log, movies, ratings).row(0, named=True)
+    assert kpis["requests"] == 3 and kpis["error_rate"] == pytest.approx(1 / 3)
+    assert kpis["latency_p50_ms"] == pytest.approx(3.0)
+    assert kpis["fallback_share"] == pytest.approx(0.5)
+    assert kpis["coverage"] == pytest.approx(3 / 4)  # 10, 20, 30 of four movies
+    # Served 10, 20, 10, 30: shares 1/2, 1/4, 1/2, 1/4 -> -log2 = 1, 2, 1, 2.
+    assert kpis["novelty"] == pytest.approx(1.5)
+    # Jaccard distances: {A} vs {A, B} = 1/2; {A} vs {C} = 1.
+    assert kpis["intra_list_diversity"] == pytest.approx(0.75)
+    assert kpis["gini"] == pytest.approx(gini(np.array([2.0, 1.0, 1.0])))

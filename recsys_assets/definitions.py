@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .defs import catalogue, features, ingestion, modeling, preparation, promotion
+from .defs import catalogue, features, ingestion, modeling, online, preparation, promotion
 from .defs.catalogue import catalogue_refresh_job, daily_catalogue_refresh
 from .defs.partitions import rating_batch_spec
 from .defs.resources import resources_from_settings
 from .defs.retraining import retrain_job, retrain_sensor, weekly_retrain
 from .settings import Settings
 
-all_assets = dg.load_assets_from_modules([ingestion, preparation, features, modeling, promotion, catalogue])
+all_assets = dg.load_assets_from_modules(
+    [ingestion, preparation, features, modeling, promotion, catalogue, online]
+)
 all_checks = dg.load_asset_checks_from_modules([ingestion, preparation, modeling])
 
 recsys_pipeline = dg.define_asset_job(

@@ -101,10 +101,15 @@ class Settings:
     synthetic_ratings: int = 100_000
     synthetic_seed: int = 42
     history_cutoff: str | None = None  # YYYY-MM-DD: train on ratings before it, stream the rest
+    request_log: Path | None = None  # the API's request log (default: <data_root>/request_log.sqlite)
 
     @property
     def stream_root(self) -> Path:
         return self.data_root / "stream"
+
+    @property
+    def request_log_path(self) -> Path:
+        return self.request_log or self.data_root / "request_log.sqlite"
 
     def source_options(self) -> dict:
         return {name: getattr(self, name) for name in SOURCE_OPTIONS}
@@ -139,4 +144,7 @@ class Settings:
             mlflow_tracking_uri=tracking_uri,
             mlflow_artifact_root=environ.get("RECSYS_MLFLOW_ARTIFACT_ROOT", "").strip() or None,
             asset_root=_location(environ.get("RECSYS_ASSET_ROOT", ""), root) or str(data_root / "assets"),
+            request_log=resolve_path(log, root)
+            if (log := environ.get("RECSYS_REQUEST_LOG", "").strip())
+            else None,
         )

@@ -31,6 +31,7 @@ from recsys_assets.defs.resources import (
     BundleStore,
     DatasetSource,
     MLflowTracking,
+    RequestLogStore,
     StreamStore,
 )
 from recsys_assets.defs.streaming import rating_batch_sensor
@@ -417,6 +418,7 @@ def test_asset_storage_behind_an_fsspec_url(scheme: str, tmp_path: Path) -> None
             # required by the unselected assets too
             "mlflow_tracking": MLflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
             "bundle_store": BundleStore(root=str(data_root / "bundles")),
+            "request_log": RequestLogStore(path=str(data_root / "request_log.sqlite")),
         },
         instance=dg.DagsterInstance.ephemeral(),
     )

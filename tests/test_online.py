@@ -127,7 +127,7 @@ def test_replay_metrics_by_hand() -> None:
 def test_kpis_by_hand() -> None:
     import json
 
-    from recsys_assets.online.replay import gini, serving_kpis
+    from recsys_assets.online.replay import gini, kpis_by_group
 
     assert gini(np.array([1.0, 1.0, 1.0])) == pytest.approx(0.0)
     assert gini(np.array([0.0, 0.0, 3.0])) == pytest.approx(2 / 3)
@@ -142,7 +142,7 @@ def test_kpis_by_hand() -> None:
             {"request_id": "c", "ts": 3.0, "user_id": 3, "k": 2, "status": 500, "latency_ms": 5.0, "bundle_version": "v"},
         ]
     )  # fmt: skip
-    kpis = serving_kpis(log, movies, ratings).row(0, named=True)
+    kpis = kpis_by_group(log, movies, ratings).row(0, named=True)
     assert kpis["requests"] == 3 and kpis["error_rate"] == pytest.approx(1 / 3)
     assert kpis["latency_p50_ms"] == pytest.approx(3.0)
     assert kpis["fallback_share"] == pytest.approx(0.5)

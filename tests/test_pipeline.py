@@ -21,6 +21,7 @@ from recsys_assets.defs.resources import (
     BundleStore,
     DatasetSource,
     MLflowTracking,
+    RequestLogStore,
     StreamStore,
 )
 from recsys_serving.bundle import load_bundle
@@ -42,6 +43,9 @@ ASSETS = [
     "tag_genome",
     "content_features",
     "catalogue_refresh",
+    "serving_kpis",
+    "replay_evaluation",
+    "experiment_report",
 ]
 # The catalogue's content does not depend on the ratings: bad ratings do not stop it.
 CONTENT_ASSETS = ["raw_tags", "tag_genome", "content_features"]
@@ -65,6 +69,7 @@ def run_graph(
         "mlflow_tracking": MLflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
         "bundle_store": BundleStore(root=str(data_root / "bundles")),
         "stream": StreamStore(root=str(data_root / "stream")),
+        "request_log": RequestLogStore(path=str(data_root / "request_log.sqlite")),
     }
     return dg.materialize(
         [*all_assets, *all_checks],

@@ -25,6 +25,7 @@ from recsys_assets.defs.resources import (
     BundleStore,
     DatasetSource,
     MLflowTracking,
+    RequestLogStore,
     StreamStore,
 )
 from recsys_assets.defs.retraining import retrain_sensor, weekly_retrain
@@ -68,6 +69,7 @@ class Loop:
             "mlflow_tracking": MLflowTracking(tracking_uri=self.tracking_uri),
             "bundle_store": BundleStore(root=str(self.bundles)),
             "stream": self.stream,
+            "request_log": RequestLogStore(path=str(data_root / "request_log.sqlite")),
         }
         self.instance = dg.DagsterInstance.ephemeral()
         self.batch_cursor: str | None = None

@@ -31,3 +31,19 @@ def methods_chart(evaluation: Evaluation, metric: str = "ndcg@10") -> str:
     axis.set_ylabel(metric)
     axis.set_title(f"{metric} on test, 95% bootstrap CI")
     return png_markdown(figure, f"{metric} by method")
+
+
+def interval_chart(
+    labels: list[str], values: list[float], lows: list[float], highs: list[float], metric: str, title: str
+) -> str:
+    """Bar chart of one value per label with its interval (NaN intervals drawn without bars)."""
+    errors = [
+        [max(v - lo, 0.0) if lo == lo else 0.0 for v, lo in zip(values, lows, strict=True)],
+        [max(hi - v, 0.0) if hi == hi else 0.0 for v, hi in zip(values, highs, strict=True)],
+    ]
+    figure, axis = plt.subplots(figsize=(6, 3))
+    axis.bar(labels, values, yerr=errors, capsize=4, color="#55a868")
+    axis.set_ylabel(metric)
+    axis.set_title(title)
+    axis.tick_params(axis="x", labelrotation=20)
+    return png_markdown(figure, title)

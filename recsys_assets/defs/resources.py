@@ -210,6 +210,17 @@ class StreamStore(dg.ConfigurableResource):
         return StreamFolders(resolve_path(self.root))
 
 
+class RequestLogStore(dg.ConfigurableResource):
+    """The API's request log (``RECSYS_REQUEST_LOG``, default ``$RECSYS_DATA_ROOT/request_log.sqlite``)."""
+
+    path: str
+
+    def read(self) -> pl.DataFrame:
+        from ..online.replay import read_request_log
+
+        return read_request_log(resolve_path(self.path))
+
+
 def resources_from_settings(settings: Settings) -> dict:
     """One set of resources for both code locations, so they read and write the same places."""
     return {
@@ -220,4 +231,5 @@ def resources_from_settings(settings: Settings) -> dict:
         ),
         "bundle_store": BundleStore(root=str(settings.bundle_root)),
         "stream": StreamStore(root=str(settings.stream_root)),
+        "request_log": RequestLogStore(path=str(settings.request_log_path)),
     }

@@ -151,7 +151,7 @@ def summarise(users: pl.DataFrame, by: tuple[str, ...] = GROUP, n_boot: int = 10
     return pl.DataFrame(rows).sort(list(by)) if rows else pl.DataFrame()
 
 
-def serving_kpis(
+def kpis_by_group(
     log: pl.DataFrame, movies: pl.DataFrame, ratings: pl.DataFrame, by: tuple[str, ...] = GROUP
 ) -> pl.DataFrame:
     """Per group: traffic, error and fallback rates, latency percentiles, and what was served —

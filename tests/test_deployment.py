@@ -358,6 +358,7 @@ def test_dagster_and_mlflow_on_postgres(
             tracking_uri=tracking_uri, artifact_root=(tmp_path / "mlartifacts").as_uri()
         ),
         "bundle_store": BundleStore(root=str(data_root / "bundles")),
+        "request_log": RequestLogStore(path=str(data_root / "request_log.sqlite")),
         "stream": stream,
     }
     try:

@@ -73,9 +73,7 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> dict:
     planned = [visit for batch in cut_batches(stream, cutoff, window_days=7) for visit in visits(batch)]
     log_path = work / "requests.sqlite"
     with Server(settings_for(root, work, request_log=str(log_path))) as client:
-        report = asyncio.run(
-            replay_traffic(client.base_url.__str__(), planned, k=10, concurrency=8, rate=None)
-        )
+        report = asyncio.run(replay_traffic(str(client.base_url), planned, k=10, concurrency=8, rate=None))
     return {
         "root": root,
         "log": log_path,
@@ -151,3 +149,23 @@ def test_a_planted_sample_ratio_mismatch_invalidates_the_experiment(replayed: di
     report = broken.output_for_node("experiment_report")
     assert report["sample_ratio_mismatch"] and report["verdict"] == "invalid"
     assert "sample-ratio mismatch" in report["explanation"]
+
+
+def test_replay_retries_and_reports_what_it_could_not_send(tmp_path: Path) -> None:
+    """The API down (nothing listening) or unable to answer (503: nothing promoted): every visit
+    is retried with backoff and then reported with its reason; nothing is silently dropped."""
+    from serving_support import free_port
+
+    from recsys_assets.streaming.traffic import Visit
+
+    planned = [Visit(user_id=u, at=1_500_000_000 + u, batch="b") for u in range(1, 6)]
+    down = asyncio.run(replay_traffic(f"http://127.0.0.1:{free_port()}", planned, retries=2, backoff=0.01))
+    assert (down.sent, down.answered, down.retries, len(down.failed)) == (5, 0, 10, 5)
+    assert all("ConnectError" in f["reason"] for f in down.failed)
+    assert sorted(f["user_id"] for f in down.failed) == [1, 2, 3, 4, 5]
+    root = tmp_path / "bundles"
+    root.mkdir()
+    with Server(settings_for(root, tmp_path)) as client:
+        unready = asyncio.run(replay_traffic(str(client.base_url), planned, retries=1, backoff=0.01))
+    assert unready.statuses == {"503": 10} and len(unready.failed) == 5
+    assert all(f["reason"].startswith("HTTP 503") for f in unready.failed)

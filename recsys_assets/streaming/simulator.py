@@ -210,6 +210,22 @@ def simulate(
     return written
 
 
+def stream_source(parser: argparse.ArgumentParser, cutoff: str | None) -> tuple[Settings, str, pl.DataFrame]:
+    """For the stream's command-line tools: the settings, the stream's first day (``cutoff`` or
+    RECSYS_HISTORY_CUTOFF) and every rating of the configured source."""
+    settings = Settings.from_env()
+    cutoff = cutoff or settings.history_cutoff
+    if not cutoff:
+        parser.error("give --cutoff or set RECSYS_HISTORY_CUTOFF (the graph trains on ratings before it)")
+    from ..sources.formats import read_ratings
+    from ..sources.resolve import resolve_options
+
+    source = resolve_options(
+        settings.source_options(), warn=lambda message: print(f"warning: {message}", file=sys.stderr)
+    )
+    return settings, cutoff, read_ratings(source.directory)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Replay the dataset after a cutoff as batches of new ratings in data/stream/incoming."
@@ -228,20 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    settings = Settings.from_env()
-    cutoff = args.cutoff or settings.history_cutoff
-    if not cutoff:
-        parser.error("give --cutoff or set RECSYS_HISTORY_CUTOFF (the graph trains on ratings before it)")
-    from ..sources.formats import read_ratings
-    from ..sources.resolve import resolve_options
-
-    source = resolve_options(
-        settings.source_options(), warn=lambda message: print(f"warning: {message}", file=sys.stderr)
-    )
+    settings, cutoff, ratings = stream_source(parser, args.cutoff)
     stream_root = settings.stream_root
     try:
         simulate(
-            read_ratings(source.directory),
+            ratings,
             stream_root / "incoming",
             stream_root / STATE_FILE,
             cutoff,

@@ -26,9 +26,8 @@ from pathlib import Path
 import httpx
 import polars as pl
 
-from ..settings import Settings
 from ..storage import atomic_path
-from .simulator import STATE_FILE, Batch, SimulatorState, cut_batches, parse_day, split_history
+from .simulator import STATE_FILE, Batch, SimulatorState, cut_batches, parse_day, split_history, stream_source
 
 RETRIED_STATUSES = {429, 500, 502, 503, 504}
 
@@ -135,18 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backoff", type=float, default=0.2, help="seconds before the first retry, doubling")
     args = parser.parse_args(argv)
 
-    settings = Settings.from_env()
-    cutoff = args.cutoff or settings.history_cutoff
-    if not cutoff:
-        parser.error("give --cutoff or set RECSYS_HISTORY_CUTOFF (the same the simulator uses)")
-    from ..sources.formats import read_ratings
-    from ..sources.resolve import resolve_options
-
-    source = resolve_options(
-        settings.source_options(), warn=lambda m: print(f"warning: {m}", file=sys.stderr)
-    )
+    settings, cutoff, ratings = stream_source(parser, args.cutoff)
     batches = upcoming_batches(
-        read_ratings(source.directory),
+        ratings,
         cutoff,
         settings.stream_root / STATE_FILE,
         args.batches,

@@ -152,3 +152,28 @@ def test_kpis_by_hand() -> None:
     # Jaccard distances: {A} vs {A, B} = 1/2; {A} vs {C} = 1.
     assert kpis["intra_list_diversity"] == pytest.approx(0.75)
     assert kpis["gini"] == pytest.approx(gini(np.array([2.0, 1.0, 1.0])))
+
+
+def test_promotion_on_online_evidence() -> None:
+    from recsys_assets.modeling.promotion import settle_by_experiment
+
+    report = {
+        "experiment_id": "e",
+        "metric": "ndcg",
+        "treatment": "treatment",
+        "bundles": {"control": ["old"], "treatment": ["new"]},
+        "sample_ratio_mismatch": False,
+        "verdict": "treatment wins",
+        "explanation": "the treatment is better",
+    }
+    win = settle_by_experiment(report, "new")
+    assert win is not None and win.promote and "online evidence (experiment e" in win.reason
+    not_worse = settle_by_experiment({**report, "verdict": "not worse"}, "new")
+    assert not_worse is not None and not_worse.promote
+    loss = settle_by_experiment({**report, "verdict": "control wins"}, "new")
+    assert loss is not None and not loss.promote
+    # Evidence about another bundle, an invalid split, or no difference yet decide nothing.
+    assert settle_by_experiment(report, "other") is None
+    assert settle_by_experiment({**report, "sample_ratio_mismatch": True}, "new") is None
+    assert settle_by_experiment({**report, "verdict": "no difference yet"}, "new") is None
+    assert settle_by_experiment(None, "new") is None

@@ -169,3 +169,54 @@ def test_replay_retries_and_reports_what_it_could_not_send(tmp_path: Path) -> No
         unready = asyncio.run(replay_traffic(str(client.base_url), planned, retries=1, backoff=0.01))
     assert unready.statuses == {"503": 10} and len(unready.failed) == 5
     assert all(f["reason"].startswith("HTTP 503") for f in unready.failed)
+
+
+def test_online_evidence_promotes_the_winning_challenger(replayed: dict, tmp_path: Path) -> None:
+    """promotion_decision with online_evidence: the experiment report's verdict decides, and the
+    decision says which evidence it used. (Last in this module: it moves CURRENT.)"""
+    from recsys_assets.defs.promotion import promotion_decision
+    from recsys_assets.defs.resources import MLflowTracking
+    from recsys_serving.promotion import promoted_version
+
+    root, strong = replayed["root"], replayed["strong"]
+    tracking = MLflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for version in (replayed["weak"], strong):
+        registered = tracking.register_bundle(str(root / version), None, {"bundle_version": version})
+    instance = dg.DagsterInstance.ephemeral()
+
+    @dg.asset(name="training_ratings")
+    def training_ratings() -> pl.DataFrame:
+        return replayed["ratings"]
+
+    @dg.asset(name="production_bundle")
+    def challenger() -> dict:
+        return {
+            "version": strong,
+            "path": str(root / strong),
+            "model_version": registered,
+            "mlflow_run_id": None,
+        }
+
+    @dg.asset(name="temporal_splits")
+    def unused_splits() -> dict:
+        return {}  # the online evidence decides before any offline comparison
+
+    resources = {
+        "request_log": RequestLogStore(path=str(replayed["log"])),
+        "bundle_store": BundleStore(root=str(root)),
+        "mlflow_tracking": tracking,
+    }
+    evaluated = dg.materialize(
+        [training_ratings, replay_evaluation, experiment_report], resources=resources, instance=instance
+    )
+    assert evaluated.output_for_node("experiment_report")["verdict"] == "treatment wins"
+    result = dg.materialize(
+        [challenger, unused_splits, promotion_decision],
+        resources=resources,
+        instance=instance,
+        run_config={"ops": {"promotion_decision": {"config": {"online_evidence": True}}}},
+    )
+    decision = result.output_for_node("promotion_decision")
+    assert decision["evidence"] == "online" and decision["outcome"] == "promoted", decision["reason"]
+    assert "online evidence (experiment exp-replay" in decision["reason"]
+    assert promoted_version(root) == strong

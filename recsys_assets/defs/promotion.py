@@ -12,7 +12,7 @@ from recsys_serving.promotion import promoted_version
 
 from ..champion import make_champion
 from ..modeling.comparison import Comparison, PromotionRule, compare_bundles
-from ..modeling.promotion import PromotionFacts, settle_before_comparing
+from ..modeling.promotion import PromotionFacts, settle_before_comparing, settle_by_experiment
 from ..processing.splits import iso_time
 from .metadata import upstream_source
 from .plots import methods_chart
@@ -31,6 +31,9 @@ class PromotionConfig(dg.Config):
     tolerance: float = PromotionRule.tolerance  # relative: the share of the champion's value
     min_users: int = PromotionRule.min_users
     bootstrap_samples: int = 1000
+    # Promote (or reject) on the latest experiment_report when its treatment served this
+    # challenger and it has a verdict; the offline comparison decides otherwise.
+    online_evidence: bool = False
 
     def rule(self) -> PromotionRule:
         return PromotionRule(metric=self.primary_metric, tolerance=self.tolerance, min_users=self.min_users)
@@ -45,6 +48,14 @@ def check_states(instance: dg.DagsterInstance) -> dict[str, str]:
             "not evaluated" if evaluation is None else ("passed" if evaluation.passed else "failed")
         )
     return states
+
+
+def _latest_experiment_report(instance: dg.DagsterInstance) -> dict | None:
+    event = instance.get_latest_materialization_event(dg.AssetKey("experiment_report"))
+    entry = (
+        event.asset_materialization.metadata.get("report") if event and event.asset_materialization else None
+    )
+    return entry.value if entry is not None else None
 
 
 def _comparison_markdown(comparison: Comparison, metric: str) -> str:
@@ -103,9 +114,14 @@ def promotion_decision(
         challenger_source=challenger.manifest["dataset"]["source"] if challenger else None,
     )
     verdict = settle_before_comparing(facts)
+    evidence = "facts"
+    if verdict is None and config.online_evidence:
+        verdict = settle_by_experiment(_latest_experiment_report(context.instance), challenger_version)
+        evidence = "online"
     if verdict is not None:
         promote, reason = verdict.promote, verdict.reason
     else:
+        evidence = "offline"
         history = pl.concat([temporal_splits["train"], temporal_splits["validation"]])
         comparison = compare_bundles(
             champion, challenger, history, temporal_splits["test"], n_boot=config.bootstrap_samples
@@ -122,6 +138,7 @@ def promotion_decision(
     decision: dict = {
         "outcome": outcome,
         "reason": reason,
+        "evidence": evidence,
         "rule": rule.describe(),
         "challenger": challenger_version,
         "champion_before": champion_version,
@@ -134,6 +151,7 @@ def promotion_decision(
         "outcome": outcome,
         "promoted": promote,
         "reason": reason,
+        "evidence": evidence,
         "rule": rule.describe(),
         "challenger_version": challenger_version,
         "champion_before": champion_version or "none",

@@ -56,3 +56,25 @@ def settle_refresh(base: str, champion: str | None, checks: dict[str, str]) -> V
     if champion != base:
         return Verdict(False, f"stale: the refresh is of {base}, but {champion or 'nothing'} is served now")
     return Verdict(True, f"catalogue refresh of the champion {base}: same model, new cold items")
+
+
+ONLINE_WINS = ("treatment wins", "not worse")
+
+
+def settle_by_experiment(report: dict | None, challenger: str) -> Verdict | None:
+    """The verdict online evidence gives, None when it says nothing about this challenger.
+
+    Only a report whose treatment arm served exactly the challenger counts. A win (or "not worse"
+    within the report's margin) promotes; a loss rejects; a report made invalid by a sample-ratio
+    mismatch, or with no difference yet, decides nothing and the offline rule applies."""
+    if not report or report.get("treatment") is None:
+        return None
+    bundles = report.get("bundles", {}).get(report["treatment"], [])
+    if bundles != [challenger] or report.get("sample_ratio_mismatch"):
+        return None
+    name = f"online evidence (experiment {report['experiment_id']}, {report.get('metric', '')})"
+    if report["verdict"] in ONLINE_WINS:
+        return Verdict(True, f"{name}: {report['verdict']}: {report['explanation']}")
+    if report["verdict"] == "control wins":
+        return Verdict(False, f"{name}: the champion is better: {report['explanation']}")
+    return None

@@ -21,6 +21,20 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=self.registry,
         )
+        # Recommendation routes by who served them: the dashboard's per-bundle and per-arm panels.
+        self.served = Counter(
+            "recsys_served_total",
+            "Answered recommendation requests",
+            ["route", "bundle_version", "arm", "strategy", "status"],
+            registry=self.registry,
+        )
+        self.served_latency = Histogram(
+            "recsys_served_latency_seconds",
+            "Latency of recommendation requests",
+            ["route", "bundle_version", "arm"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
         self.fallbacks = Counter(
             "recsys_fallbacks_total",
             "Requests answered by the popularity fallback",

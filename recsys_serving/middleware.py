@@ -124,8 +124,15 @@ class ServiceMiddleware:
         elapsed = time.perf_counter() - started
         service.metrics.requests.labels(template, scope["method"], str(status)).inc()
         service.metrics.latency.labels(template, scope["method"], str(status)).observe(elapsed)
-        if template in LOGGED_ROUTES and service.request_log is not None:
-            served = (scope.get("state") or {}).get("served", {})
+        if template not in LOGGED_ROUTES:
+            return
+        served = (scope.get("state") or {}).get("served", {})
+        version, arm = served.get("bundle_version") or "none", served.get("arm") or "none"
+        service.metrics.served.labels(
+            template, version, arm, served.get("strategy") or "none", str(status)
+        ).inc()
+        service.metrics.served_latency.labels(template, version, arm).observe(elapsed)
+        if service.request_log is not None:
             service.request_log.log(
                 RequestRecord(
                     request_id=request_id,

@@ -482,3 +482,49 @@ def test_readme_configuration_table_matches_the_code() -> None:
             assert text == str(value), name
         checked += 1
     assert checked >= 15  # the scalar defaults: the check must not silently compare nothing
+
+
+def test_prometheus_scrapes_the_api_and_grafana_shows_metrics_it_exports(tmp_path: Path) -> None:
+    """The compose stack's monitoring: Prometheus scrapes the api service where it serves
+    /metrics, Grafana's provisioned datasource is that Prometheus, and every metric a dashboard
+    panel queries is one the API really exports (read from a running app's /metrics)."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from recsys_serving.main import create_app
+    from recsys_serving.settings import ServingSettings
+
+    services = compose()["services"]
+    scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())["scrape_configs"][0]
+    host, port = scrape["static_configs"][0]["targets"][0].split(":")
+    assert (
+        host == "api"
+        and f"{port}:{port}" in services["api"]["ports"]
+        and scrape["metrics_path"] == "/metrics"
+    )
+    assert "--port" in services["api"]["command"] and port in services["api"]["command"]
+    source = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    datasource = source["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090" and "9090:9090" in services["prometheus"]["ports"]
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/recsys.json").read_text())
+    queried = {
+        name.removesuffix("_bucket")
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b(recsys_[a-z_]+)", target["expr"])
+        if panel["datasource"]["uid"] == datasource["uid"]
+    }
+    settings = ServingSettings(
+        bundle_root=str(tmp_path), request_log=str(tmp_path / "log.sqlite"), rate_limit_per_second=0
+    )
+    with TestClient(create_app(settings)) as client:
+        client.get("/popular")  # 503 with nothing promoted: still counted
+        exported = set(re.findall(r"^# TYPE (recsys_[a-z_]+) ", client.get("/metrics").text, flags=re.M))
+    exported |= {name.removesuffix("_total") for name in exported} | {f"{name}_total" for name in exported}
+    assert queried and not queried - exported, (
+        f"panels query metrics the API does not export: {queried - exported}"
+    )
+    panels = " ".join(target["expr"] for panel in dashboard["panels"] for target in panel["targets"])
+    for label in ("arm", "bundle_version"):
+        assert f"by ({label})" in panels or f"by (le, {label})" in panels or f", {label})" in panels

@@ -7,6 +7,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Annotated
 
+import numpy as np
 from fastapi import Depends, Header, HTTPException, Request
 
 from .engine import Engine
@@ -24,6 +25,8 @@ class Service:
     manager: BundleManager
     limiter: RateLimiter
     request_log: RequestLog | None = None
+    # Exploration's draws (experiments with epsilon > 0).
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -40,7 +43,7 @@ def serving_engine(service: Service) -> Engine:
     return current
 
 
-def split_engine(service: Service, key: object) -> tuple[Engine, dict[str, str]]:
+def split_engine(service: Service, key: object) -> tuple[Engine, dict[str, object]]:
     """The engine for ``key`` (a user id, or a cold-start request key) and, inside a running
     experiment, its id and arm (the fields a response and its log row carry)."""
     champion = serving_engine(service)
@@ -48,7 +51,11 @@ def split_engine(service: Service, key: object) -> tuple[Engine, dict[str, str]]
     if split is None:
         return champion, {}
     engine, arm = split.route(key, champion)
-    return engine, {"experiment_id": split.experiment.id, "arm": arm.name}
+    return engine, {
+        "experiment_id": split.experiment.id,
+        "arm": arm.name,
+        "epsilon": split.experiment.epsilon,
+    }
 
 
 def current_engine(request: Request) -> Engine:

@@ -146,7 +146,7 @@ class Engine:
             rows = rows[rows >= 0]
         return Scored(rows[:k], scores[:k])
 
-    def _seen_rows(self, user_row: int) -> np.ndarray:
+    def seen_rows(self, user_row: int) -> np.ndarray:
         rows: np.ndarray = self.seen.indices[self.seen.indptr[user_row] : self.seen.indptr[user_row + 1]]
         return rows
 
@@ -157,7 +157,7 @@ class Engine:
         they rated are never in it."""
         strategy = self.user_strategies[self.user_strategy[user_row]]
         if strategy == "popular_fallback":
-            blocked = np.concatenate([self._seen_rows(user_row), exclude_rows])
+            blocked = np.concatenate([self.seen_rows(user_row), exclude_rows])
             return self.popular(k, genres, blocked), strategy
         return self.recommend_user(user_row, k, exclude_rows, genres, explain), strategy
 
@@ -168,7 +168,7 @@ class Engine:
         warm_excluded = exclude_rows[exclude_rows < self.n_items] if self.cold else exclude_rows
         result = self._precomputed(user_row, k, warm_excluded, genres)
         if result is None:
-            allowed = self._allowed(self._seen_rows(user_row), genres)
+            allowed = self._allowed(self.seen_rows(user_row), genres)
             allowed[warm_excluded] = False
             result = self.model.rank_user(user_row, k, allowed)
         if explain:
@@ -217,6 +217,28 @@ class Engine:
         else:
             ranked = self.popular_rows[:k]
         return Scored(ranked, self.rank_scores[: len(ranked)])
+
+    def explore(
+        self, scored: Scored, blocked_rows: np.ndarray, epsilon: float, rng: np.random.Generator
+    ) -> tuple[Scored, list[float]]:
+        """Epsilon-greedy exploration for off-policy evaluation: each place of the list, with
+        probability ``epsilon``, goes to a movie drawn uniformly from the model's items that are
+        neither blocked (seen, excluded) nor listed. Returns the list and, per place, the
+        probability with which its movie was shown there (its propensity)."""
+        rows, scores = scored.rows.copy(), scored.scores.copy()
+        taken = set(rows.tolist()) | set(blocked_rows.tolist())
+        propensities = []
+        for place in range(rows.size):
+            candidates = self.n_items - len(taken)
+            if candidates > 0 and rng.random() < epsilon:
+                while (row := int(rng.integers(self.n_items))) in taken:
+                    pass
+                taken.add(row)
+                rows[place], scores[place] = row, 0.0  # shown at random: no model score
+                propensities.append(epsilon / candidates)
+            else:  # the model's movie: a random draw never repeats a listed one
+                propensities.append(1.0 - epsilon)
+        return Scored(rows, scores, scored.because), propensities
 
     def similar(self, catalogue_row: int, k: int) -> tuple[Scored, str]:
         """Movies like this one, and how they were found: the model's item similarity for its own

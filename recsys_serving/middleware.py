@@ -149,6 +149,7 @@ class ServiceMiddleware:
                     experiment_id=served.get("experiment_id"),
                     arm=served.get("arm"),
                     simulated_ts=simulated_time(scope),
+                    epsilon=served.get("epsilon"),
                 )
             )
 

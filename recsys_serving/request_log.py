@@ -37,13 +37,15 @@ CREATE TABLE IF NOT EXISTS requests (
     status INTEGER NOT NULL,
     experiment_id TEXT,             -- the A/B experiment running, null outside one
     arm TEXT,                       -- its arm that served the request
-    simulated_ts REAL               -- the client's clock (X-Simulated-Time) in traffic replay
+    simulated_ts REAL,              -- the client's clock (X-Simulated-Time) in traffic replay
+    epsilon REAL                    -- the experiment's exploration rate (0: none; items then carry
+                                    -- their propensity as a 4th element)
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 """
 # Columns added after the first release: an older log gains them (null for its old rows).
-ADDED_COLUMNS = {"experiment_id": "TEXT", "arm": "TEXT", "simulated_ts": "REAL"}
-INSERT_ROWS = "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+ADDED_COLUMNS = {"experiment_id": "TEXT", "arm": "TEXT", "simulated_ts": "REAL", "epsilon": "REAL"}
+INSERT_ROWS = "INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 
 
 class RequestIds:
@@ -70,13 +72,14 @@ class RequestRecord:
     cold_start: bool
     strategy: str | None
     k: int | None
-    items: list[tuple[int, int, float]] | None
+    items: list[tuple[int, int, float]] | list[tuple[int, int, float, float]] | None
     bundle_version: str | None
     latency_ms: float
     status: int
     experiment_id: str | None = None
     arm: str | None = None
     simulated_ts: float | None = None
+    epsilon: float | None = None
 
     def row(self) -> tuple[Any, ...]:
         # Spelled out: dataclasses.astuple deep-copies every item and cost more than the request.
@@ -95,6 +98,7 @@ class RequestRecord:
             self.experiment_id,
             self.arm,
             self.simulated_ts,
+            self.epsilon,
         )
 
 

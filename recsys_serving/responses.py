@@ -60,11 +60,16 @@ def movie_list(
     """A response listing ``scored`` movies, every field taken from the one ``engine`` the request
     started with, and what the request log keeps of it."""
     items = movie_items(engine, scored)
+    logged = dict(logged or {})
+    propensities = logged.pop("propensities", None)
     request.state.served = {
         "strategy": strategy,
         "k": k,
         "bundle_version": engine.version,
-        "items": [(m["movieId"], m["rank"], m["score"]) for m in items],
-        **(logged or {}),
+        # With exploration, each item also carries the probability it was shown in its place.
+        "items": [(m["movieId"], m["rank"], m["score"]) for m in items]
+        if propensities is None
+        else [(m["movieId"], m["rank"], m["score"], p) for m, p in zip(items, propensities, strict=True)],
+        **logged,
     }
     return JSONResponse({"bundle_version": engine.version, "strategy": strategy, **fields, "items": items})

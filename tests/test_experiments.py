@@ -157,3 +157,75 @@ def test_an_older_request_log_gains_the_experiment_columns(tmp_path: Path) -> No
             "SELECT request_id, experiment_id, arm, simulated_ts FROM requests ORDER BY ts"
         ).fetchall()
     assert rows == [("old", None, None, None), ("new", "e", "treatment", 3.0)]
+
+
+def test_exploration_logs_propensities_and_epsilon_zero_changes_nothing(tmp_path: Path, bundles) -> None:
+    bundle = load_bundle(bundles["a"])
+    engine = Engine(bundle)
+    rng = np.random.default_rng(0)
+    scored = engine.recommend_known(3, 10, NO_ROWS, [], False)[0]
+    seen = engine.seen_rows(3)
+    same, ones = engine.explore(scored, seen, 0.0, rng)
+    assert same.rows.tolist() == scored.rows.tolist() and ones == [1.0] * 10
+    shuffled, propensities = engine.explore(scored, seen, 1.0, rng)
+    assert not set(shuffled.rows.tolist()) & (set(scored.rows.tolist()) | set(seen.tolist()))
+    assert len(set(shuffled.rows.tolist())) == 10
+    free = engine.n_items - len(seen) - 10
+    assert propensities == pytest.approx([1.0 / (free - i) for i in range(10)])
+    replaced = [
+        sum(a != b for a, b in zip(engine.explore(scored, seen, 0.3, rng)[0].rows, scored.rows, strict=True))
+        for _ in range(300)
+    ]
+    assert abs(np.mean(replaced) / 10 - 0.3) < 0.03  # 3,000 places: sd of the share 0.008
+
+    root = bundle_root(tmp_path, bundles, "a")
+    settings = settings_for(root, tmp_path)
+    users = [int(u) for u in bundle.user_ids[:20]]
+    for epsilon in (0.0, 0.5):
+        experiment = {
+            "id": f"explore-{epsilon}",
+            "epsilon": epsilon,
+            "arms": [
+                {"name": "control", "bundle": "champion", "weight": 1},
+                {"name": "other", "bundle": "champion", "weight": 1},
+            ],
+        }
+        with Server(settings) as client:
+            assert client.put("/admin/experiment", json=experiment).status_code == 200
+            for user in users:
+                assert client.get(f"/users/{user}/recommendations", params={"k": 6}).status_code == 200
+    with sqlite3.connect(settings.request_log_path) as connection:
+        rows = connection.execute(
+            "SELECT experiment_id, epsilon, items FROM requests WHERE user_id IS NOT NULL"
+        ).fetchall()
+    plain = [json.loads(items) for experiment, eps, items in rows if experiment == "explore-0.0"]
+    explored = [json.loads(items) for experiment, eps, items in rows if experiment == "explore-0.5"]
+    assert {eps for _, eps, _ in rows} == {0.0, 0.5}  # the log says whether anything was explored
+    assert all(len(item) == 3 for items in plain for item in items)
+    probabilities = [item[3] for items in explored for item in items]
+    assert len(probabilities) == 20 * 6 and set(probabilities) >= {0.5}
+    assert all(0 < p <= 0.5 for p in probabilities)
+
+
+def test_off_policy_value_by_hand() -> None:
+    import polars as pl
+
+    from recsys_assets.online.offpolicy import off_policy_value
+
+    rewarded = pl.DataFrame(
+        {
+            "request_id": ["r1", "r1", "r2", "r2"],
+            "user_id": [1, 1, 2, 2],
+            "place": [0, 1, 0, 1],
+            "movie_id": [10, 11, 20, 21],
+            "propensity": [0.5, 0.1, 0.5, 0.5],
+            "reward": [1.0, 1.0, 0.0, 1.0],
+        }
+    )
+    # The candidate agrees on (1, 0, 10), (1, 1, 11) and (2, 1, 21): weights 2, 10, 0, 2.
+    lists = {1: [10, 11], 2: [99, 21]}
+    value = off_policy_value(rewarded, lambda user, k: lists[user][:k])
+    assert value["logging_policy"] == pytest.approx(0.75)
+    assert value["ips"] == pytest.approx((2 + 10 + 0 + 2) / 4)
+    assert value["snips"] == pytest.approx((2 + 10 + 2) / (2 + 10 + 0 + 2))
+    assert value["agreement"] == pytest.approx(0.75)

@@ -46,6 +46,7 @@ ASSETS = [
     "serving_kpis",
     "replay_evaluation",
     "experiment_report",
+    "off_policy_estimate",
 ]
 # The catalogue's content does not depend on the ratings: bad ratings do not stop it.
 CONTENT_ASSETS = ["raw_tags", "tag_genome", "content_features"]

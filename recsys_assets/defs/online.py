@@ -8,8 +8,12 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from recsys_serving.bundle import load_bundle
+from recsys_serving.engine import NO_ROWS, Engine
 from recsys_serving.experiments import EXPERIMENT_HISTORY
+from recsys_serving.promotion import promoted_version
 
+from ..online.offpolicy import logged_places, off_policy_value, place_rewards
 from ..online.replay import kpis_by_group, per_user, replay_metrics, served_lists, summarise
 from ..online.stats import decide, required_users, sample_ratio, welch
 from .metadata import markdown_table, upstream_source
@@ -218,3 +222,56 @@ def _experiment_definition(bundle_store: BundleStore, experiment_id: str) -> dic
     if not starts:
         raise dg.Failure(f"experiment {experiment_id} is in the request log but not in {history}")
     return starts[-1]
+
+
+class OffPolicyConfig(dg.Config):
+    candidate_bundle: str = ""  # a bundle version; default: the newest bundle that is not served
+    horizon_days: float = Field(30.0, gt=0)
+    positive_threshold: float = 4.0
+
+
+@dg.asset(group_name=GROUP_NAME, kinds={"sqlite", "polars"})
+def off_policy_estimate(
+    context: dg.AssetExecutionContext,
+    config: OffPolicyConfig,
+    request_log: RequestLogStore,
+    training_ratings: pl.DataFrame,
+    bundle_store: BundleStore,
+) -> dict:
+    """How a candidate bundle would have done on the traffic another served, from explored
+    requests (an experiment with epsilon > 0 logs each item's propensity): IPS and self-normalised
+    IPS of its rewards (a place counts when the user later rated its movie positively), beside the
+    logging policy's own mean reward."""
+    root = bundle_store.path()
+    served = promoted_version(root)
+    versions = (
+        sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file()) if root.is_dir() else []
+    )
+    candidate = config.candidate_bundle or next((v for v in reversed(versions) if v != served), "")
+    places = logged_places(request_log.read())
+    if not candidate or places.is_empty():
+        reason = "no candidate bundle" if not candidate else "no explored request logged (epsilon 0)"
+        context.add_output_metadata({"data_source": upstream_source(context), "note": reason})
+        return {"candidate": candidate or None, "note": reason}
+    engine = Engine(load_bundle(root / candidate))
+
+    def ranked(user_id: int, k: int) -> list[int]:
+        row = engine.user_row(user_id)
+        scored = (
+            engine.popular(k, [], NO_ROWS)
+            if row is None
+            else engine.recommend_known(row, k, NO_ROWS, [], False)[0]
+        )
+        return engine.item_ids[scored.rows[scored.rows < engine.n_items]].tolist()
+
+    rewarded = place_rewards(places, training_ratings, config.horizon_days, config.positive_threshold)
+    value = off_policy_value(rewarded, ranked)
+    context.add_output_metadata(
+        {
+            "data_source": upstream_source(context),
+            "candidate": candidate,
+            **{name: float(v) for name, v in value.items()},
+            "logged_bundles": dg.MetadataValue.json(sorted(set(rewarded["bundle_version"].to_list()))),
+        }
+    )
+    return {"candidate": candidate, **value}

@@ -30,7 +30,7 @@ from ..schemas import ColdStartRequest, ErrorMessage, Recommendations
 from ..settings import ServingSettings
 
 
-def experiment_fields(assignment: dict[str, str]) -> dict[str, object]:
+def experiment_fields(assignment: dict[str, object]) -> dict[str, object]:
     return {"experiment": {"id": assignment["experiment_id"], "arm": assignment["arm"]}} if assignment else {}
 
 
@@ -68,6 +68,11 @@ def router(settings: ServingSettings) -> APIRouter:
             scored, strategy = current.recommend_known(row, k, exclude_rows, genres, explain)
             if strategy == "popular_fallback":
                 service.metrics.fallbacks.labels("no_positives").inc()
+            epsilon = float(assignment.get("epsilon") or 0.0)  # type: ignore[arg-type]
+            if epsilon > 0 and not genres:
+                blocked = np.concatenate([current.seen_rows(row), exclude_rows])
+                scored, propensities = current.explore(scored, blocked, epsilon, service.rng)
+                assignment = {**assignment, "propensities": propensities}
         return movie_list(
             request,
             current,

@@ -11,7 +11,8 @@ concurrency, each route in rounds paired with a /health run just before it. Prin
 and p50/p95/p99 per route with the median paired ratio to /health, then re-runs known-user
 recommendations paced at half their measured throughput to report p99 under moderate load, and
 measures known users again on a server that computes their lists instead of using the
-precomputed ones, and finally known users and cold start with no cold slots (RECSYS_COLD_SLOTS=0):
+precomputed ones, then known users and cold start with an A/B experiment running, and finally
+with no cold slots (RECSYS_COLD_SLOTS=0):
 the bundle is built as the pipeline builds it, cold items (movies the model does not score)
 included, so the default serves one cold slot per list. With ``--baseline-code`` (a checkout of another revision, e.g. from
 ``git worktree add``), the same bundle is also served by that revision's ``recsys_serving`` and
@@ -307,6 +308,29 @@ def main() -> None:
                 args.seconds,
                 args.rounds,
             )
+        # Known users and cold start with an A/B experiment running (both arms on the champion, so
+        # only the split itself is measured: the hash, the arm in every response and log row).
+        from recsys_serving.experiments import Arm, Experiment, start_experiment, stop_experiment
+
+        start_experiment(
+            work / "bundles",
+            Experiment(
+                id="bench",
+                arms=[
+                    Arm(name="control", bundle="champion", weight=9),
+                    Arm(name="treatment", bundle="champion", weight=1),
+                ],
+            ),
+        )
+        with serving(work) as port:
+            with_experiment = measure(
+                port,
+                {name: routes[name] for name in ("/health", known, "POST /recommendations (5 liked)")},
+                args.concurrency,
+                args.seconds,
+                args.rounds,
+            )
+        stop_experiment(work / "bundles", "benchmark done")
         # Known users and cold start without the cold slot: what the slot costs.
         with serving(work, RECSYS_COLD_SLOTS="0") as port:
             cold_off = measure(
@@ -338,6 +362,11 @@ def main() -> None:
             f"| {name} | {r['rps']:.0f} | {r['ratio']:.0%} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['errors']} |"
         )
     print(f"(/health on the index-search server: {searched['/health']['rps']:.0f} req/s)")
+    print("\nwith an A/B experiment running (90/10, both arms on the champion):")
+    for name in (known, "POST /recommendations (5 liked)"):
+        print(
+            f"  {name}: {with_experiment[name]['ratio']:.0%} of /health (without: {results[name]['ratio']:.0%})"
+        )
     cold_items = 0 if bundle.cold is None else len(bundle.cold.movie_ids)
     print(f"\nwithout the cold slot (RECSYS_COLD_SLOTS=0; the bundle has {cold_items:,} cold movies):")
     for name in (known, "POST /recommendations (5 liked)"):
@@ -373,6 +402,7 @@ def main() -> None:
         "paced_known_user": scalars(paced),
         "cold_items": cold_items,
         "without_cold_slots": {name: scalars(r) for name, r in cold_off.items()},
+        "with_experiment": {name: scalars(r) for name, r in with_experiment.items()},
     }
     if baseline is not None:
         report["baseline"] = {

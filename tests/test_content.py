@@ -225,3 +225,20 @@ def test_precomputed_cold_lists_answer_as_computing_them_would(cold_bundles, kin
             expected = computed.recommend_user(user, 10, exclude, genres, False)
             assert got.rows.tolist() == expected.rows.tolist(), (user, genres)
             np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5)
+
+
+def test_the_tag_genome_block_is_centred_and_only_for_covered_movies() -> None:
+    genome = pl.DataFrame(
+        {
+            "movie_id": [10, 10, 20, 20],
+            "tag": ["dark", "funny", "dark", "funny"],
+            "relevance": [0.9, 0.1, 0.1, 0.9],
+        },
+        schema={"movie_id": pl.Int32, "tag": pl.String, "relevance": pl.Float32},
+    )
+    only_genome = ContentRules(genre_weight=0, year_weight=0, tag_weight=0, genome_weight=1)
+    vectors = content_vectors(TINY, None, genome, only_genome)
+    assert set(vectors.blocks) == {"genome"} and vectors.coverage == {"genome": 2}
+    # Centred per tag, movies 10 and 20 are opposite: cosine -1; 30 and 40 have no genome.
+    assert float(vectors.vectors[0] @ vectors.vectors[1]) == pytest.approx(-1.0, abs=1e-6)
+    assert not vectors.vectors[2:].any()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .experiments import Experiment
 
@@ -110,6 +110,9 @@ class PopularMovies(BaseModel):
 
 
 class ColdStartRequest(BaseModel):
+    # Strict: the schema says boolean and integer, so 0.0 or "1" is refused, not coerced.
+    model_config = ConfigDict(strict=True)
+
     liked: list[Id] = Field(..., description="movie ids the new user likes")
     k: int = Field(10, ge=1)
     genres: list[str] = Field(default_factory=list, description="only recommend movies of these genres")

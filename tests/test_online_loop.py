@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from serving_support import Server, settings_for
 
-from recsys_assets.defs.online import experiment_report, replay_evaluation, serving_kpis
+from recsys_assets.defs.online import experiment_report, off_policy_estimate, replay_evaluation, serving_kpis
 from recsys_assets.defs.resources import BundleStore, RequestLogStore
 from recsys_assets.modeling.packaging import package_bundle
 from recsys_assets.modeling.recommenders import ALSParams
@@ -120,7 +120,7 @@ def test_every_replayed_request_is_logged_with_its_arm_and_simulated_time(replay
 
 
 def test_the_better_challenger_wins_the_experiment(replayed: dict) -> None:
-    result = _materialize(replayed, [replay_evaluation, experiment_report, serving_kpis])
+    result = _materialize(replayed, [replay_evaluation, experiment_report, serving_kpis, off_policy_estimate])
     assert result.success
     metrics = result.output_for_node("replay_evaluation")
     assert len(metrics) == replayed["report"].answered  # every request evaluated
@@ -131,6 +131,8 @@ def test_the_better_challenger_wins_the_experiment(replayed: dict) -> None:
     assert report["treatment_mean"] > report["control_mean"] and report["ci95"][0] > 0
     kpis = result.output_for_node("serving_kpis")
     assert set(kpis["arm"].to_list()) == {"control", "treatment"} and kpis["error_rate"].max() == 0.0
+    # epsilon 0: nothing was explored, so there is nothing to estimate off-policy (and it says so).
+    assert "no explored request" in result.output_for_node("off_policy_estimate")["note"]
 
 
 def test_a_planted_sample_ratio_mismatch_invalidates_the_experiment(replayed: dict) -> None:

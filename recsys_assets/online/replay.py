@@ -34,6 +34,7 @@ LOG_COLUMNS = {
     "experiment_id": pl.String,
     "arm": pl.String,
     "simulated_ts": pl.Float64,
+    "epsilon": pl.Float64,
 }
 
 

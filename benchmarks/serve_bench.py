@@ -228,6 +228,15 @@ def measure(
     return {"/health": combined(health_runs, ratio=1.0), **results}
 
 
+def measure_users(work: Path, routes: dict[str, list[bytes]], args: argparse.Namespace, **env: str) -> dict:
+    """Known users and cold start (with /health beside them) on a server with ``env`` set."""
+    names = ("/health", "GET /users/{id}/recommendations", "POST /recommendations (5 liked)")
+    with serving(work, **env) as port:
+        return measure(
+            port, {name: routes[name] for name in names}, args.concurrency, args.seconds, args.rounds
+        )
+
+
 def scalars(result: dict) -> dict:
     return {k: float(result[k]) for k in ("rps", "ratio", "p50", "p95", "p99", "errors") if k in result}
 
@@ -322,24 +331,10 @@ def main() -> None:
                 ],
             ),
         )
-        with serving(work) as port:
-            with_experiment = measure(
-                port,
-                {name: routes[name] for name in ("/health", known, "POST /recommendations (5 liked)")},
-                args.concurrency,
-                args.seconds,
-                args.rounds,
-            )
+        with_experiment = measure_users(work, routes, args)
         stop_experiment(work / "bundles", "benchmark done")
         # Known users and cold start without the cold slot: what the slot costs.
-        with serving(work, RECSYS_COLD_SLOTS="0") as port:
-            cold_off = measure(
-                port,
-                {name: routes[name] for name in ("/health", known, "POST /recommendations (5 liked)")},
-                args.concurrency,
-                args.seconds,
-                args.rounds,
-            )
+        cold_off = measure_users(work, routes, args, RECSYS_COLD_SLOTS="0")
         baseline = None
         if args.baseline_code:
             with serving(work, args.baseline_code) as port:

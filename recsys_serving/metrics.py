@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -18,7 +20,7 @@ class Metrics:
             "recsys_request_latency_seconds",
             "Request latency",
             ["route", "method", "status"],
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         # Recommendation routes by who served them: the dashboard's per-bundle and per-arm panels.
@@ -32,7 +34,7 @@ class Metrics:
             "recsys_served_latency_seconds",
             "Latency of recommendation requests",
             ["route", "bundle_version", "arm"],
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.fallbacks = Counter(

@@ -43,19 +43,30 @@ def serving_engine(service: Service) -> Engine:
     return current
 
 
-def split_engine(service: Service, key: object) -> tuple[Engine, dict[str, object]]:
+@dataclass(frozen=True)
+class Assignment:
+    """Where a request went inside a running A/B experiment."""
+
+    experiment_id: str
+    arm: str
+    epsilon: float  # the experiment's exploration rate
+
+    def logged(self) -> dict[str, object]:
+        return {"experiment_id": self.experiment_id, "arm": self.arm, "epsilon": self.epsilon}
+
+    def response(self) -> dict[str, object]:
+        return {"experiment": {"id": self.experiment_id, "arm": self.arm}}
+
+
+def split_engine(service: Service, key: object) -> tuple[Engine, Assignment | None]:
     """The engine for ``key`` (a user id, or a cold-start request key) and, inside a running
-    experiment, its id and arm (the fields a response and its log row carry)."""
+    experiment, where the request went (the fields a response and its log row carry)."""
     champion = serving_engine(service)
     split = service.manager.split
     if split is None:
-        return champion, {}
+        return champion, None
     engine, arm = split.route(key, champion)
-    return engine, {
-        "experiment_id": split.experiment.id,
-        "arm": arm.name,
-        "epsilon": split.experiment.epsilon,
-    }
+    return engine, Assignment(split.experiment.id, arm.name, split.experiment.epsilon)
 
 
 def current_engine(request: Request) -> Engine:

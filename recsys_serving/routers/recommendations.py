@@ -30,10 +30,6 @@ from ..schemas import ColdStartRequest, ErrorMessage, Recommendations
 from ..settings import ServingSettings
 
 
-def experiment_fields(assignment: dict[str, object]) -> dict[str, object]:
-    return {"experiment": {"id": assignment["experiment_id"], "arm": assignment["arm"]}} if assignment else {}
-
-
 def router(settings: ServingSettings) -> APIRouter:
     routes = APIRouter(tags=["recommendations"])
 
@@ -61,6 +57,7 @@ def router(settings: ServingSettings) -> APIRouter:
         exclude_rows = current.catalogue_rows(excluded) if excluded else NO_ROWS
         exclude_rows = exclude_rows[exclude_rows >= 0]
         row = current.user_row(user_id)
+        experiment = assignment.logged() if assignment else {}
         if row is None:
             service.metrics.fallbacks.labels("unknown_user").inc()
             scored, strategy = current.popular(k, genres, exclude_rows), "popular_fallback"
@@ -68,21 +65,20 @@ def router(settings: ServingSettings) -> APIRouter:
             scored, strategy = current.recommend_known(row, k, exclude_rows, genres, explain)
             if strategy == "popular_fallback":
                 service.metrics.fallbacks.labels("no_positives").inc()
-            epsilon = float(assignment.get("epsilon") or 0.0)  # type: ignore[arg-type]
-            if epsilon > 0 and not genres:
+            if assignment is not None and assignment.epsilon > 0 and not genres:
                 blocked = np.concatenate([current.seen_rows(row), exclude_rows])
-                scored, propensities = current.explore(scored, blocked, epsilon, service.rng)
-                assignment = {**assignment, "propensities": propensities}
+                scored, propensities = current.explore(scored, blocked, assignment.epsilon, service.rng)
+                experiment["propensities"] = propensities
         return movie_list(
             request,
             current,
             scored,
             strategy=strategy,
             k=k,
-            logged={"user_id": user_id, **assignment},
+            logged={"user_id": user_id, **experiment},
             model_kind=current.kind,
             user_id=user_id,
-            **experiment_fields(assignment),
+            **(assignment.response() if assignment else {}),
             unknown_movie_ids=[],
         )
 
@@ -120,10 +116,11 @@ def router(settings: ServingSettings) -> APIRouter:
             scored,
             strategy=strategy,
             k=body.k,
-            logged={"cold_start": True, **assignment},
+            # Cold start is never explored: the log says epsilon 0 inside an experiment.
+            logged={"cold_start": True, **({**assignment.logged(), "epsilon": 0.0} if assignment else {})},
             model_kind=current.kind,
             user_id=None,
-            **experiment_fields(assignment),
+            **(assignment.response() if assignment else {}),
             unknown_movie_ids=unknown,
         )
 

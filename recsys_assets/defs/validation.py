@@ -19,5 +19,8 @@ def report_result(report: ValidationReport, check_name: str | None = None) -> dg
             "expectations": report.evaluated,
             "failed_expectations": len(report.failures),
             "rows_validated": report.rows,
+            # above GX_ROWS, GX sees a seeded sample and polars checks every row exactly
+            "rows_great_expectations": report.rows if report.gx_rows is None else report.gx_rows,
+            "rows_checked_exactly": report.rows,
         },
     )

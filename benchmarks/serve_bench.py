@@ -4,6 +4,7 @@
     python benchmarks/serve_bench.py --synthetic 1000000   # or synthetic data of that size
     python benchmarks/serve_bench.py --kind ease            # a bundle of another model kind
     python benchmarks/serve_bench.py --baseline-code ../old  # also serve from another checkout
+    python benchmarks/serve_bench.py --bundle-root RUN/data/bundles --label 25m  # a pipeline's bundle
 
 Builds a bundle with the pipeline's own code, starts `uvicorn recsys_serving.main:app` (one
 worker) on 127.0.0.1, and drives it with a bounded keep-alive load generator at fixed
@@ -266,6 +267,13 @@ def main() -> None:
     parser.add_argument(
         "--baseline-code", type=Path, default=None, help="a checkout whose serving code to measure too"
     )
+    parser.add_argument(
+        "--bundle-root",
+        type=Path,
+        default=None,
+        help="serve the bundle promoted under this root (e.g. a whole_graph.py run's) instead of building one",
+    )
+    parser.add_argument("--label", default="", help="results go to serve_bench_<kind>[_<label>].json")
     args = parser.parse_args()
     data_dir = None if args.synthetic else args.data_dir
     if data_dir is None and not args.synthetic:
@@ -273,8 +281,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        bundle_path = build_bundle(work, data_dir, args.synthetic, args.kind)
         from recsys_serving.bundle import load_bundle
+        from recsys_serving.promotion import promoted_path
+
+        if args.bundle_root:
+            (work / "bundles").symlink_to(args.bundle_root.resolve(), target_is_directory=True)
+            bundle_path = promoted_path(work / "bundles")
+            if bundle_path is None:
+                raise SystemExit(f"--bundle-root: no bundle is promoted under {args.bundle_root}")
+        else:
+            bundle_path = build_bundle(work, data_dir, args.synthetic, args.kind)
 
         bundle = load_bundle(bundle_path)
         rng = np.random.default_rng(0)
@@ -383,7 +399,12 @@ def main() -> None:
             print(
                 f"| {name} | {baseline[name]['ratio']:.0%} | {results[name]['ratio']:.0%} | {again[name]['ratio']:.0%} |"
             )
-    output = ROOT / "benchmarks" / "results" / f"serve_bench_{bundle.kind}.json"
+    output = (
+        ROOT
+        / "benchmarks"
+        / "results"
+        / f"serve_bench_{'_'.join(filter(None, [bundle.kind, args.label]))}.json"
+    )
     report = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "kind": bundle.kind,

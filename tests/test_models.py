@@ -204,3 +204,78 @@ def test_every_method_is_evaluated_on_one_seeded_sample_of_test_users(synthetic_
     assert [r.metrics for r in first.evaluation.results] == [r.metrics for r in second.evaluation.results]
     everyone = train_and_evaluate(synthetic_splits, replace(plan, test_users=None))
     assert everyone.evaluation.users > 700
+
+
+def test_search_keeps_the_best_trial_model_of_each_kind(synthetic_splits) -> None:
+    """The model kept per kind is the one that scored its kind's best: scored again on the same
+    users it gives the trial's score, so comparing kinds need not fit it again."""
+    from recsys_assets.modeling.evaluation import evaluate
+
+    ids = IdMap.from_frame(synthetic_splits["train"])
+    train, validation = to_csr(synthetic_splits["train"], ids), to_csr(synthetic_splits["validation"], ids)
+    space = SearchSpace(**{**SMALL_SPACE, "max_trials": 4})
+    result = search(train, validation, space, ALSParams())
+    assert set(result.fitted) == set(result.best) == {"als", "ease", "item_knn"}
+    for kind, model in result.fitted.items():
+        again = evaluate([model], train, validation, n_boot=0, max_users=space.max_users, seed=space.seed)
+        assert again.results[0].metrics["ndcg@10"] == pytest.approx(result.best[kind].score), kind
+    taken = result.take_fitted()
+    assert set(taken) == {"als", "ease", "item_knn"} and result.fitted == {}
+
+
+def test_the_configured_als_point_is_the_first_trial(synthetic_splits) -> None:
+    ids = IdMap.from_frame(synthetic_splits["train"])
+    train, validation = to_csr(synthetic_splits["train"], ids), to_csr(synthetic_splits["validation"], ids)
+    base = ALSParams(factors=32, regularization=3.0, weighting=Weighting(scheme="linear", alpha=2.0))
+    first = next(
+        t for t in search(train, validation, SearchSpace(**SMALL_SPACE), base).trials if t.kind == "als"
+    )
+    assert (first.params["factors"], first.params["regularization"]) == (32, 3.0)
+    assert (first.params["weighting_scheme"], first.params["weighting_alpha"]) == ("linear", 2.0)
+
+
+def test_als_continues_from_given_factors() -> None:
+    """One iteration from a converged fit stays at that fit; one from a random start does not."""
+    matrix = sp.random(300, 200, density=0.05, format="csr", random_state=1, dtype=np.float32)
+    matrix.data[:] = 1.0
+    params = ALSParams(factors=8, regularization=0.1, iterations=30)
+    converged = ALS(params)
+    converged.fit(matrix)
+    scores = converged.user_factors @ converged.item_factors.T
+    warm, cold = ALS(params), ALS(params)
+    warm.fit(matrix, start=(converged.user_factors, converged.item_factors), iterations=1)
+    cold.fit(matrix, iterations=1)
+
+    def distance(model: ALS) -> float:
+        return float(
+            np.abs(model.user_factors @ model.item_factors.T - scores).mean() / np.abs(scores).mean()
+        )
+
+    assert distance(warm) < 0.02 < distance(cold)
+
+
+def test_carried_rows_keep_known_ids_and_start_new_ones_small() -> None:
+    from recsys_assets.modeling.training import carried_rows
+
+    old = np.arange(12, dtype=np.float32).reshape(3, 4)
+    rows = carried_rows(np.array([2, 5, 9]), old, np.array([1, 2, 9, 11]), seed=0)
+    np.testing.assert_array_equal(rows[1], old[0])
+    np.testing.assert_array_equal(rows[2], old[2])
+    assert np.all((rows[[0, 3]] >= 0) & (rows[[0, 3]] < 0.01))
+
+
+def test_warm_refit_serves_what_a_fresh_fit_would(synthetic_splits) -> None:
+    """The final ALS fit continues from the train fit for a few iterations; on test it is not
+    worse than a fresh fit of the full iterations beyond the interval of the difference."""
+    space = SearchSpace(**{**SMALL_SPACE, "max_trials": 2})
+    plans = {
+        "warm": TrainingPlan(space=space, model_kind="als", bootstrap_samples=300),
+        "fresh": TrainingPlan(
+            space=space, model_kind="als", bootstrap_samples=300, warm_refit_iterations=None
+        ),
+    }
+    models = {name: train_and_evaluate(synthetic_splits, plan) for name, plan in plans.items()}
+    warm, fresh = (models[n].evaluation.get("als") for n in ("warm", "fresh"))
+    assert models["warm"].params == models["fresh"].params
+    assert not np.allclose(models["warm"].item_factors, models["fresh"].item_factors)
+    assert warm.metrics["ndcg@10"] >= fresh.intervals["ndcg@10"][0]

@@ -59,7 +59,7 @@ class ItemKNN:
     def fit(self, user_items: sp.csr_matrix) -> None:
         # BM25Recommender.fit, but handing implicit the CSR it expects instead of a COO matrix.
         weighted = bm25_weight(user_items.T.astype(np.float32), self.k1, self.b).T.tocsr()
-        model = ItemItemRecommender(K=self.neighbours, num_threads=1)
+        model = ItemItemRecommender(K=self.neighbours, num_threads=0)
         model.fit(weighted, show_progress=False)
         self.similarity = model.similarity.tocsr()
 
@@ -167,7 +167,8 @@ class ALS:
             regularization=p.regularization,
             alpha=1.0,  # confidence is applied by our weighting, identically at fold-in time
             iterations=p.iterations,
-            calculate_training_loss=True,
+            # the loss costs a pass over the data each iteration; only progress reports show it
+            calculate_training_loss=self.on_iteration is not None,
             random_state=p.seed,
         )
         if p.use_gpu:
@@ -184,11 +185,23 @@ class ALS:
             return AlternatingLeastSquares(**kwargs)
         return CpuAlternatingLeastSquares(**kwargs, num_threads=0)
 
-    def fit(self, user_items: sp.csr_matrix) -> None:
-        for _ in self.fit_in_stages(user_items, [self.params.iterations]):
+    def fit(
+        self,
+        user_items: sp.csr_matrix,
+        start: tuple[np.ndarray, np.ndarray] | None = None,
+        iterations: int | None = None,
+    ) -> None:
+        """``start``: (user, item) factors to continue from instead of a random start (CPU only;
+        rows aligned with ``user_items``), for ``iterations`` (default: the configured number)."""
+        for _ in self.fit_in_stages(user_items, [iterations or self.params.iterations], start):
             pass
 
-    def fit_in_stages(self, user_items: sp.csr_matrix, checkpoints: list[int]) -> Iterator[int]:
+    def fit_in_stages(
+        self,
+        user_items: sp.csr_matrix,
+        checkpoints: list[int],
+        start: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> Iterator[int]:
         """Fit, stopping at each checkpoint (cumulative iterations) with the factors so far set:
         the tuner scores a trial part-way and stops a hopeless one early. implicit continues
         from the factors it already holds, so the stages add up to one uninterrupted fit."""
@@ -197,6 +210,8 @@ class ALS:
         confidence = confidence_matrix(user_items, weighting, self.length_norm)
         started = time.perf_counter()
         model = self._model()
+        if start is not None and not self.params.use_gpu:  # a full GPU fit costs seconds anyway
+            model.user_factors, model.item_factors = (np.array(f, dtype=np.float32, order="C") for f in start)
         done = 0
         for checkpoint in checkpoints:
 

@@ -46,6 +46,9 @@ class TrainingPlan:
     # Scoring every test user against every item dominated als_model at ml-25m size (7 of its
     # 14 minutes for 161k users); 50,000 users keep the intervals narrow.
     test_users: int | None = 50_000
+    # The final ALS fit on train+validation starts from the factors fitted on train (the chosen
+    # point's) and runs this many iterations; None: a fresh fit of the configured iterations.
+    warm_refit_iterations: int | None = 5
 
 
 @dataclass
@@ -90,6 +93,7 @@ def train_and_evaluate(
 
     als_params, knn_neighbours, ease_l2 = plan.als, plan.knn_neighbours, plan.ease_l2
     result: SearchResult | None = None
+    warm_from: tuple[IdMap, ALS] | None = None  # the ALS fitted on train, where the kinds were compared
     validation_scores: dict[str, float] = {}
     kinds = SERVABLE if plan.model_kind == "auto" else (plan.model_kind,)
     if not validation.is_empty() and (plan.tune or plan.model_kind == "auto"):
@@ -126,10 +130,23 @@ def train_and_evaluate(
                 f"search: {len(result.trials)} trials in {result.seconds:.0f}s; best per kind "
                 + ", ".join(f"{k} {t.score:.4f}" for k, t in best.items())
             )
+        # the search's best trial of each kind, fitted on the same matrix: not fitted again
+        fitted = result.take_fitted() if result else {}
         if len(kinds) > 1:
             candidates = _models(plan, kinds, als_params, knn_neighbours, ease_l2, x_train.shape[1])
-            for model in candidates:
-                model.fit(x_train)
+            for number, model in enumerate(candidates):
+                if model.name not in fitted:
+                    model.fit(x_train)
+                    fitted[model.name] = model
+                    continue
+                candidates[number] = model = fitted[model.name]
+                done = result.best[model.name].iterations if result else None
+                if isinstance(model, ALS) and done and done < model.params.iterations:
+                    model.fit(
+                        x_train,
+                        start=(model.user_factors, model.item_factors),
+                        iterations=model.params.iterations - done,
+                    )
             scored = evaluate(
                 candidates,
                 x_train,
@@ -139,6 +156,8 @@ def train_and_evaluate(
                 users=choice_users,
             )
             validation_scores = {r.method: r.metrics[plan.primary_metric] for r in scored.results}
+        if isinstance(fitted.get("als"), ALS):
+            warm_from = (search_ids, fitted["als"])
 
     fitted = pl.concat([train, validation])
     ids = IdMap.from_frame(fitted)
@@ -159,7 +178,15 @@ def train_and_evaluate(
     fit_seconds = 0.0
     for model in models:
         started = time.perf_counter()
-        model.fit(x_fit)
+        if model is als and warm_from and plan.warm_refit_iterations:
+            earlier_ids, earlier = warm_from
+            start = (
+                carried_rows(earlier_ids.user_ids, earlier.user_factors, ids.user_ids, als_params.seed),
+                carried_rows(earlier_ids.item_ids, earlier.item_factors, ids.item_ids, als_params.seed),
+            )
+            als.fit(x_fit, start=start, iterations=plan.warm_refit_iterations)
+        else:
+            model.fit(x_fit)
         elapsed = time.perf_counter() - started
         fit_seconds = elapsed if model is als else fit_seconds
         info(f"fitted {model.name} on {x_fit.shape[0]:,} users x {x_fit.shape[1]:,} items in {elapsed:.1f}s")
@@ -204,6 +231,16 @@ def train_and_evaluate(
         },
         search=result,
     )
+
+
+def carried_rows(old_ids: np.ndarray, old: np.ndarray, new_ids: np.ndarray, seed: int) -> np.ndarray:
+    """Factor rows for ``new_ids`` (sorted): the earlier fit's row where the id had one, else
+    implicit's own random start (uniform * 0.01)."""
+    rows = np.random.default_rng(seed).random((len(new_ids), old.shape[1]), dtype=np.float32) * 0.01
+    position = np.minimum(np.searchsorted(old_ids, new_ids), len(old_ids) - 1)
+    known = old_ids[position] == new_ids
+    rows[known] = old[position[known]]
+    return rows
 
 
 def _halves(users: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:

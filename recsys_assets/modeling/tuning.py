@@ -81,6 +81,13 @@ class SearchResult:
     budget_seconds: float
     users: int = 0
     best: dict[str, Trial] = field(default_factory=dict)  # per kind, by validation score
+    # The best trial's fitted model per kind, so the kinds are compared without fitting them again;
+    # the caller takes them (take_fitted), so a pickled result does not carry them.
+    fitted: dict[str, Recommender] = field(default_factory=dict, repr=False)
+
+    def take_fitted(self) -> dict[str, Recommender]:
+        fitted, self.fitted = self.fitted, {}
+        return fitted
 
 
 TrialCallback = Callable[[int, Trial], None]
@@ -110,6 +117,8 @@ def search(
     started = time.perf_counter()
     total = _Deadline(space.budget_seconds)
     trials: list[Trial] = []
+    best: dict[str, Trial] = {}
+    fitted: dict[str, Recommender] = {}
     users_scored = 0
 
     def score(model: Recommender) -> dict[str, float]:
@@ -120,8 +129,10 @@ def search(
         users_scored = evaluation.users
         return evaluation.results[0].metrics
 
-    def record(trial: Trial) -> None:
+    def record(trial: Trial, model: Recommender) -> None:
         trials.append(trial)
+        if math.isfinite(trial.score) and (trial.kind not in best or trial.score > best[trial.kind].score):
+            best[trial.kind], fitted[trial.kind] = trial, model
         if on_trial:
             on_trial(len(trials) - 1, trial)
 
@@ -136,13 +147,9 @@ def search(
     if "als" in kinds:
         _tune_als(space, base, train, score, record, total, metric)
 
-    result = SearchResult(trials, time.perf_counter() - started, space.budget_seconds, users_scored)
-    for trial in trials:
-        if math.isfinite(trial.score) and (
-            trial.kind not in result.best or trial.score > result.best[trial.kind].score
-        ):
-            result.best[trial.kind] = trial
-    return result
+    return SearchResult(
+        trials, time.perf_counter() - started, space.budget_seconds, users_scored, best, fitted
+    )
 
 
 def _study(space: SearchSpace, pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
@@ -168,11 +175,26 @@ def _tune_item_item(kind, space, train, score, record, deadline, metric, ease_ma
         model.fit(train)
         metrics = score(model)
         study.tell(trial, metrics[metric])
-        record(Trial(kind, params, metrics[metric], metrics, time.perf_counter() - began))
+        record(Trial(kind, params, metrics[metric], metrics, time.perf_counter() - began), model)
 
 
 def _tune_als(space, base, train, score, record, deadline, metric) -> None:
     study = _study(space, optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0))
+    # The configured parameters go first: on large data the budget may allow one or two trials,
+    # and a random start point there could serve a worse model than no search at all.
+    start = {
+        "factors": base.factors,
+        "regularization": base.regularization,
+        "weighting": base.weighting.scheme,
+        "alpha": base.weighting.alpha,
+    }
+    if (
+        base.factors in space.factors
+        and space.regularization[0] <= base.regularization <= space.regularization[1]
+        and base.weighting.scheme in space.weighting
+        and space.alpha[0] <= base.weighting.alpha <= space.alpha[1]
+    ):
+        study.enqueue_trial(start)
     checkpoints = space.checkpoints()
     for _ in range(space.max_trials):
         if deadline.left() <= 0:
@@ -204,5 +226,6 @@ def _tune_als(space, base, train, score, record, deadline, metric) -> None:
         else:
             study.tell(trial, metrics[metric])
         record(
-            Trial("als", params.flat(), metrics[metric], metrics, time.perf_counter() - began, state, done)
+            Trial("als", params.flat(), metrics[metric], metrics, time.perf_counter() - began, state, done),
+            model,
         )

@@ -1,0 +1,173 @@
+"""The whole default asset graph at one size, as a user runs it: time per step and peak memory.
+
+    python benchmarks/whole_graph.py                          # 25M synthetic ratings (ml-25m shape)
+    python benchmarks/whole_graph.py --ratings 1000000        # another synthetic size
+    python benchmarks/whole_graph.py --data-dir ~/ml-25m --dataset ml-25m   # a real copy
+
+Runs ``dagster asset materialize -m recsys_assets.definitions --select '*'`` from the repository
+root in a fresh DAGSTER_HOME, data root and MLflow store (the default configuration, nothing
+tuned for the benchmark), then reads each step's time from the run's event log, the run's peak
+resident memory (the largest child process, Linux ``ru_maxrss``), the served model's test
+metrics from the ``als_model`` materialisation, and what one API process needs for the promoted
+bundle (start to first answer, resident memory). The synthetic data is generated once into
+``--workdir`` and reused. Results go to benchmarks/results/whole_graph.json (one row per data
+set; a data set measured again replaces its row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+from sizing import SERVING_PROBE, SHAPES  # noqa: E402
+
+OUTPUT = Path(__file__).parent / "results" / "whole_graph.json"
+
+
+def synthetic_copy(n_ratings: int, workdir: Path) -> tuple[Path, float | None]:
+    users, movies = SHAPES.get(n_ratings, (max(n_ratings // 150, 100), max(n_ratings // 400, 500)))
+    target = workdir / f"synthetic-{n_ratings}"
+    if (target / "ratings.csv").is_file():
+        return target, None
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable, "-m", "recsys_assets.sources.synthetic", str(target),
+            "--users", str(users), "--movies", str(movies), "--ratings", str(n_ratings),
+        ],
+        check=True,
+    )  # fmt: skip
+    return target, time.perf_counter() - started
+
+
+def step_seconds(home: Path) -> tuple[dict[str, float], str]:
+    """Each step's wall time from the run's event log, in execution order, and the run id."""
+    from dagster import DagsterEventType, DagsterInstance
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        run = instance.get_runs(limit=1)[0]
+        started: dict[str, float] = {}
+        seconds: dict[str, float] = {}
+        for entry in instance.all_logs(run.run_id):
+            event = entry.dagster_event
+            if event is None or event.step_key is None:
+                continue
+            if event.event_type == DagsterEventType.STEP_START:
+                started[event.step_key] = entry.timestamp
+            elif event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):
+                seconds[event.step_key] = round(entry.timestamp - started[event.step_key], 1)
+        return seconds, run.run_id
+
+
+def model_figures(home: Path) -> dict:
+    from dagster import AssetKey, DagsterInstance
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        event = instance.get_latest_materialization_event(AssetKey("als_model"))
+        metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    wanted = ("served_kind", "evaluation_users", "tuning_seconds", "tuning_trials", "fit_seconds")
+    figures = {k: metadata[k].value for k in wanted if k in metadata}
+    figures.update(
+        {k: round(v.value, 5) for k, v in metadata.items() if k.startswith("served_") and k.endswith("@10")}
+    )
+    return figures
+
+
+def serving_figures(bundle_root: Path) -> dict:
+    from recsys_serving.promotion import promoted_path
+
+    bundle = promoted_path(bundle_root)
+    if bundle is None:
+        sys.exit(f"no bundle was promoted under {bundle_root}")
+    started = time.perf_counter()
+    probe = subprocess.run(
+        [sys.executable, "-c", SERVING_PROBE, str(bundle)], capture_output=True, text=True, check=True
+    )
+    return {
+        "bundle": bundle.name,
+        "bundle_mb": round(sum(p.stat().st_size for p in bundle.iterdir()) / 2**20, 1),
+        "api_load_seconds": round(time.perf_counter() - started, 2),
+        "api_peak_rss_mb": int(probe.stdout.split()[-1]) // 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--ratings", type=int, default=25_000_000, help="synthetic size (ignored with --data-dir)"
+    )
+    parser.add_argument("--data-dir", type=Path, help="a MovieLens copy instead of synthetic data")
+    parser.add_argument("--dataset", default="ml-25m", help="RECSYS_DATASET for --data-dir (its layout)")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "recsys-whole-graph")
+    args = parser.parse_args()
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    generated = None
+    if args.data_dir:
+        data_dir, name = args.data_dir.resolve(), args.dataset
+    else:
+        data_dir, generated = synthetic_copy(args.ratings, args.workdir)
+        name = f"synthetic-{args.ratings}"
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=args.workdir))
+    (run_dir / "home").mkdir()
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(run_dir / "home"),
+        "RECSYS_DATASET": args.dataset,
+        "RECSYS_DATA_DIR": str(data_dir),
+        "RECSYS_DATA_ROOT": str(run_dir / "data"),
+        "RECSYS_MLFLOW_TRACKING_URI": f"sqlite:///{run_dir / 'mlflow.db'}",
+    }
+    env.pop("RECSYS_BUNDLE_ROOT", None)
+    print(f"{name}: materialising every asset (log: {run_dir / 'materialize.log'})", flush=True)
+    started = time.perf_counter()
+    with open(run_dir / "materialize.log", "w") as log:
+        completed = subprocess.run(
+            [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "recsys_assets.definitions",
+             "--select", "*"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False,
+        )  # fmt: skip
+    total = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+    if completed.returncode != 0:
+        sys.exit(f"the run failed (exit {completed.returncode}); see {run_dir / 'materialize.log'}")
+
+    steps, run_id = step_seconds(run_dir / "home")
+    row = {
+        "data": name,
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "generate_seconds": None if generated is None else round(generated, 1),
+        "whole_graph_seconds": round(total, 1),
+        "peak_rss_mb": peak_mb,
+        "steps": steps,
+        "model": model_figures(run_dir / "home"),
+        "serving": serving_figures(run_dir / "data" / "bundles"),
+        "run_id": run_id,
+    }
+    for step, seconds in sorted(steps.items(), key=lambda item: -item[1])[:12]:
+        print(f"  {step:<55} {seconds:>8.1f} s")
+    print(
+        f"whole graph {total / 60:.1f} min, peak RSS {peak_mb:,} MB; model {row['model']}; serving {row['serving']}"
+    )
+    previous = json.loads(OUTPUT.read_text())["runs"] if OUTPUT.is_file() else []
+    runs = [r for r in previous if r["data"] != name] + [row]
+    OUTPUT.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    print(f"written to {OUTPUT}")
+
+
+if __name__ == "__main__":
+    main()

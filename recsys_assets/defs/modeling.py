@@ -193,6 +193,13 @@ def model_metadata(model: TrainedModel, metric: str, source: str, run_id: str) -
         "served_parameters": dg.MetadataValue.json(model.kind_params),
         **{f"validation_{kind}_{metric}": value for kind, value in model.selection["validation"].items()},
         **{f"served_{k}": v for k, v in served.items() if k.endswith("@10")},
+        "served_intervals": dg.MetadataValue.json(
+            {
+                k: [float(x) for x in v]
+                for k, v in model.evaluation.get(model.kind).intervals.items()
+                if k.endswith("@10")
+            }
+        ),
         "test_confirms_choice": check["confirmed"],
         "test_check": dg.MetadataValue.json(check),
         "users": len(model.ids.user_ids),

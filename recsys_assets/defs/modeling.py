@@ -62,6 +62,7 @@ class ALSModelConfig(dg.Config):
     ease_neighbours: int = Field(PLAN.ease_neighbours, ge=1)
     bootstrap_samples: int = PLAN.bootstrap_samples
     test_users: int = Field(PLAN.test_users or 0, ge=0)  # 0: every test user
+    warm_refit_iterations: int = Field(PLAN.warm_refit_iterations or 0, ge=0)  # 0: a fresh final fit
 
     def plan(self) -> TrainingPlan:
         weighting = Weighting(scheme=self.weighting, alpha=self.alpha, epsilon=self.epsilon)
@@ -98,6 +99,7 @@ class ALSModelConfig(dg.Config):
             bootstrap_samples=self.bootstrap_samples,
             validation_users=self.tuning_users,
             test_users=self.test_users or None,
+            warm_refit_iterations=self.warm_refit_iterations or None,
         )
 
 

@@ -34,11 +34,13 @@ def serving_kpis(
     catalogue coverage, novelty, intra-list diversity (genres) and popularity bias (Gini)."""
     log = request_log.read()
     kpis = kpis_by_group(log, raw_movies, training_ratings)
-    metadata: dict = {
-        "dagster/row_count": len(kpis),
-        "data_source": upstream_source(context),
-        "logged_requests": len(log),
-    }
+    context.add_output_metadata({"data_source": upstream_source(context), **kpi_metadata(kpis, log)})
+    return kpis
+
+
+def kpi_metadata(kpis: pl.DataFrame, log: pl.DataFrame) -> dict:
+    """The KPI table and a latency chart per bundle / arm (shared with the daily partitions)."""
+    metadata: dict = {"dagster/row_count": len(kpis), "logged_requests": len(log)}
     if len(kpis):
         metadata["kpis"] = dg.MetadataValue.md(markdown_table(kpis, 20))
         labels = [f"{v}/{a}" for v, a in zip(kpis["bundle_version"], kpis["arm"], strict=True)]
@@ -47,9 +49,8 @@ def serving_kpis(
             interval_chart(labels, p99, p99, p99, "ms", "latency p99 per bundle / arm")
         )
     else:
-        metadata["note"] = "no request logged yet"
-    context.add_output_metadata(metadata)
-    return kpis
+        metadata["note"] = "no request logged"
+    return metadata
 
 
 class ReplayConfig(dg.Config):
@@ -71,12 +72,21 @@ def replay_evaluation(
     over users with 95% bootstrap intervals."""
     served = served_lists(request_log.read())
     metrics = replay_metrics(served, training_ratings, config.horizon_days, config.positive_threshold)
-    summary = summarise(per_user(metrics), n_boot=config.bootstrap_samples)
-    metadata: dict = {
-        "dagster/row_count": len(metrics),
-        "data_source": upstream_source(context),
-        "horizon_days": config.horizon_days,
-    }
+    context.add_output_metadata(
+        {
+            "data_source": upstream_source(context),
+            "horizon_days": config.horizon_days,
+            **replay_metadata(metrics, config.bootstrap_samples),
+        }
+    )
+    return metrics
+
+
+def replay_metadata(metrics: pl.DataFrame, bootstrap_samples: int) -> dict:
+    """Per bundle / arm summary over users with intervals, and an NDCG chart (shared with the
+    per-batch partitions)."""
+    summary = summarise(per_user(metrics), n_boot=bootstrap_samples)
+    metadata: dict = {"dagster/row_count": len(metrics)}
     if len(summary):
         metadata["summary"] = dg.MetadataValue.md(markdown_table(summary, 20))
         labels = [f"{v}/{a}" for v, a in zip(summary["bundle_version"], summary["arm"], strict=True)]
@@ -92,9 +102,8 @@ def replay_evaluation(
         )
         metadata["users"] = int(summary["users"].sum())
     else:
-        metadata["note"] = "no answered known-user request logged yet"
-    context.add_output_metadata(metadata)
-    return metrics
+        metadata["note"] = "no answered known-user request logged"
+    return metadata
 
 
 class ExperimentConfig(dg.Config):

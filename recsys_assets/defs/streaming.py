@@ -268,9 +268,10 @@ def drift_report(
 
 ingest_batch_job = dg.define_asset_job(
     "ingest_rating_batch",
-    selection=dg.AssetSelection.assets(RATING_BATCH, "drift_report"),
+    selection=dg.AssetSelection.assets(RATING_BATCH, "drift_report", "batch_replay_evaluation"),
     partitions_def=rating_batches,
-    description="Validate one batch, accept or quarantine it, and measure its drift.",
+    description="Validate one batch, accept or quarantine it, measure its drift, and score the "
+    "traffic replayed before it against its ratings.",
 )
 
 

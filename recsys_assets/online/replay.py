@@ -72,6 +72,24 @@ def served_lists(log: pl.DataFrame) -> pl.DataFrame:
     ).with_columns(pl.Series("movies", movies, dtype=pl.List(pl.Int64)))
 
 
+def requests_between(log: pl.DataFrame, start: float, end: float) -> pl.DataFrame:
+    """Logged requests that arrived in [start, end) (unix seconds, the server's clock)."""
+    return log.filter((pl.col("ts") >= start) & (pl.col("ts") < end))
+
+
+def replayed_for(served: pl.DataFrame, batch: pl.DataFrame) -> pl.DataFrame:
+    """The served requests a batch's ratings answer: by users who rate in the batch, at a time
+    from one second before its first rating (recsys-replay stamps each user's request one second
+    before their first rating in the batch) to its last."""
+    if batch.is_empty():
+        return served.clear()
+    first, last = batch["timestamp"].min(), batch["timestamp"].max()
+    return served.filter(
+        pl.col("user_id").is_in(batch["user_id"].unique().implode())
+        & pl.col("at").is_between(first - 1, last)
+    )
+
+
 def replay_metrics(
     served: pl.DataFrame, ratings: pl.DataFrame, horizon_days: float = 30, positive_threshold: float = 4.0
 ) -> pl.DataFrame:

@@ -1,9 +1,10 @@
 """Time and peak memory of each pipeline stage at several synthetic sizes (the README's sizing table).
 
     python benchmarks/sizing.py                      # 100k, 1M and 5M ratings
-    python benchmarks/sizing.py --sizes 10000000     # one size (ratings)
+    python benchmarks/sizing.py --sizes 25000000 --cache /data/synthetic   # ml-25m's shape, kept
+    python benchmarks/sizing.py --data-dir ~/ml-25m  # a real MovieLens copy instead
 
-Results go to benchmarks/results/sizing.json (a size measured again replaces its row).
+Results go to benchmarks/results/sizing.json (a data set measured again replaces its row).
 
 Each size runs in its own process, stage by stage, the way the in-process executor runs the
 assets: read the ratings (``raw_ratings``), ``interactions``, ``temporal_splits``, ``als_model``
@@ -71,7 +72,19 @@ class PeakMemory:
         return peak
 
 
-def run_one(n_ratings: int, workdir: Path) -> dict:
+def synthetic_copy(n_ratings: int, cache: Path) -> Path:
+    """Synthetic ratings of one size, shaped like the MovieLens release of that size; generated
+    once per cache folder."""
+    from recsys_assets.sources.synthetic import SyntheticConfig, write_dataset
+
+    target = cache / f"synthetic-{n_ratings}"
+    if (target / "ratings.csv").is_file():
+        return target
+    users, movies = SHAPES.get(n_ratings, (max(n_ratings // 150, 100), max(n_ratings // 400, 500)))
+    return write_dataset(SyntheticConfig(n_users=users, n_movies=movies, n_ratings=n_ratings), target)
+
+
+def run_one(data_dir: Path, workdir: Path) -> dict:
     from recsys_assets.modeling.index import build_index, index_recall
     from recsys_assets.modeling.packaging import package_bundle
     from recsys_assets.modeling.recommenders import ALSParams
@@ -79,13 +92,7 @@ def run_one(n_ratings: int, workdir: Path) -> dict:
     from recsys_assets.processing.interactions import InteractionRules, build_interactions
     from recsys_assets.processing.splits import SplitRules, temporal_split
     from recsys_assets.sources.formats import read_movies, read_ratings
-    from recsys_assets.sources.synthetic import SyntheticConfig, write_dataset
 
-    users, movies = SHAPES.get(n_ratings, (max(n_ratings // 150, 100), max(n_ratings // 400, 500)))
-    data_dir = write_dataset(
-        SyntheticConfig(n_users=users, n_movies=movies, n_ratings=n_ratings),
-        workdir / f"synthetic-{n_ratings}",
-    )
     memory = PeakMemory()
     stages: dict[str, dict] = {}
 
@@ -135,9 +142,10 @@ def run_one(n_ratings: int, workdir: Path) -> dict:
         flush=True,
     )
     return {
-        "ratings": n_ratings,
-        "users": users,
-        "movies": movies,
+        "data": data_dir.name,
+        "ratings": len(ratings),
+        "users": ratings["user_id"].n_unique(),
+        "movies": movies_frame.height,
         "interactions": sum(len(f) for f in splits.values()),
         "bundle_mb": round(sum(p.stat().st_size for p in bundle_dir.iterdir()) / 2**20, 1),
         "stages": stages,
@@ -149,7 +157,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 5_000_000])
-    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child process's size
+    parser.add_argument("--data-dir", type=Path, help="measure a MovieLens copy instead of --sizes")
+    parser.add_argument(
+        "--cache", type=Path, help="keep the synthetic data here (default: a temporary folder)"
+    )
+    parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # a child process's data
     args = parser.parse_args()
     if args.one:
         with tempfile.TemporaryDirectory(prefix="recsys-sizing-") as workdir:
@@ -157,19 +169,25 @@ def main() -> None:
         return
 
     results = []
-    for size in args.sizes:
-        print(f"{size:,} ratings", flush=True)
-        completed = subprocess.run(
-            [sys.executable, __file__, "--one", str(size)], capture_output=True, text=True, check=False
-        )
-        for line in completed.stdout.splitlines():
-            if line.startswith("RESULT "):
-                results.append(json.loads(line.removeprefix("RESULT ")))
-            else:
-                print(line)
-        if completed.returncode != 0:
-            print(completed.stderr[-2000:], file=sys.stderr)
-            sys.exit(completed.returncode)
+    with tempfile.TemporaryDirectory(prefix="recsys-sizing-data-") as scratch:
+        cache = args.cache or Path(scratch)
+        sources = [args.data_dir] if args.data_dir else [synthetic_copy(n, cache) for n in args.sizes]
+        for data_dir in sources:
+            print(data_dir.name, flush=True)
+            completed = subprocess.run(
+                [sys.executable, __file__, "--one", str(data_dir)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            for line in completed.stdout.splitlines():
+                if line.startswith("RESULT "):
+                    results.append(json.loads(line.removeprefix("RESULT ")))
+                else:
+                    print(line)
+            if completed.returncode != 0:
+                print(completed.stderr[-2000:], file=sys.stderr)
+                sys.exit(completed.returncode)
 
     names = list(results[0]["stages"])
     print("\n| ratings | users | movies | bundle MB | " + " | ".join(names) + " |")
@@ -184,9 +202,10 @@ def main() -> None:
     print(f"\n{os.cpu_count()} CPUs; time / peak resident memory of the process during the stage.")
     output = Path(__file__).parent / "results" / "sizing.json"
     previous = json.loads(output.read_text())["runs"] if output.is_file() else []
-    # Sizes measured now replace their earlier rows; other sizes keep theirs (each run is slow).
-    measured = {r["ratings"] for r in results}
-    runs = sorted([r for r in previous if r["ratings"] not in measured] + [
+    # Data sets measured now replace their earlier rows; others keep theirs (each run is slow).
+    measured = {r["data"] for r in results}
+    previous = [{"data": f"synthetic-{r['ratings']}", **r} for r in previous]
+    runs = sorted([r for r in previous if r["data"] not in measured] + [
         {**r, "measured_at": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count()} for r in results
     ], key=lambda r: r["ratings"])  # fmt: skip
     output.write_text(json.dumps({"runs": runs}, indent=2) + "\n")

@@ -36,25 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
-from sizing import SERVING_PROBE, SHAPES  # noqa: E402
+from sizing import SERVING_PROBE, synthetic_copy  # noqa: E402
 
 OUTPUT = Path(__file__).parent / "results" / "whole_graph.json"
-
-
-def synthetic_copy(n_ratings: int, workdir: Path) -> tuple[Path, float | None]:
-    users, movies = SHAPES.get(n_ratings, (max(n_ratings // 150, 100), max(n_ratings // 400, 500)))
-    target = workdir / f"synthetic-{n_ratings}"
-    if (target / "ratings.csv").is_file():
-        return target, None
-    started = time.perf_counter()
-    subprocess.run(
-        [
-            sys.executable, "-m", "recsys_assets.sources.synthetic", str(target),
-            "--users", str(users), "--movies", str(movies), "--ratings", str(n_ratings),
-        ],
-        check=True,
-    )  # fmt: skip
-    return target, time.perf_counter() - started
 
 
 class RssSamples:
@@ -111,6 +95,7 @@ def model_figures(home: Path) -> dict:
         "tuning_trials",
         "fit_seconds",
         "served_intervals",
+        "served_parameters",
     )
     figures = {k: metadata[k].value for k in wanted if k in metadata}
     figures.update(
@@ -154,6 +139,7 @@ def reference_model(data_dir: Path, budget: float) -> dict:
         "budget_seconds": budget,
         "seconds": round(time.perf_counter() - started, 1),
         "served_kind": model.kind,
+        "served_params": model.kind_params,
         "trials": len(model.trials),
         "evaluation_users": model.evaluation.users,
         "served_ndcg@10": round(served.metrics["ndcg@10"], 5),
@@ -179,7 +165,10 @@ def main() -> None:
     if args.data_dir:
         data_dir, name = args.data_dir.resolve(), args.dataset
     else:
-        data_dir, generated = synthetic_copy(args.ratings, args.workdir)
+        cached = (args.workdir / f"synthetic-{args.ratings}" / "ratings.csv").is_file()
+        started = time.perf_counter()
+        data_dir = synthetic_copy(args.ratings, args.workdir)
+        generated = None if cached else time.perf_counter() - started
         name = f"synthetic-{args.ratings}"
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=args.workdir))
     (run_dir / "home").mkdir()

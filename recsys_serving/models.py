@@ -79,7 +79,7 @@ def best_rows_each(scores: np.ndarray, k: int) -> np.ndarray:
     heaps.nh, heaps.k = n, k
     heaps.val, heaps.ids = faiss.swig_ptr(values), faiss.swig_ptr(part)
     heaps.heapify()
-    heaps.addn(width, faiss.swig_ptr(scores), 0, 0, n)
+    heaps.addn(width, faiss.swig_ptr(scores), 0, 0, n)  # type: ignore[call-arg]  # stubs lag SWIG
     by_column = np.argsort(part, axis=1)  # so the stable sort below breaks ties to the lower column
     part, values = np.take_along_axis(part, by_column, axis=1), np.take_along_axis(values, by_column, axis=1)
     order = np.argsort(-values, axis=1, kind="stable")

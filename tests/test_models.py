@@ -223,15 +223,18 @@ def test_search_keeps_the_best_trial_model_of_each_kind(synthetic_splits) -> Non
     assert set(taken) == {"als", "ease", "item_knn"} and result.fitted == {}
 
 
-def test_the_configured_als_point_is_the_first_trial(synthetic_splits) -> None:
+def test_the_configured_als_point_and_its_neighbouring_sizes_are_tried_first(synthetic_splits) -> None:
     ids = IdMap.from_frame(synthetic_splits["train"])
     train, validation = to_csr(synthetic_splits["train"], ids), to_csr(synthetic_splits["validation"], ids)
     base = ALSParams(factors=32, regularization=3.0, weighting=Weighting(scheme="linear", alpha=2.0))
-    first = next(
-        t for t in search(train, validation, SearchSpace(**SMALL_SPACE), base).trials if t.kind == "als"
-    )
-    assert (first.params["factors"], first.params["regularization"]) == (32, 3.0)
-    assert (first.params["weighting_scheme"], first.params["weighting_alpha"]) == ("linear", 2.0)
+    space = SearchSpace(**{**SMALL_SPACE, "factors": (16, 32, 64, 128), "max_trials": 4})
+    als = [t for t in search(train, validation, space, base).trials if t.kind == "als"]
+    # the configured point, then the same point at the neighbouring sizes, then the sampler's own
+    assert [t.params["factors"] for t in als[:3]] == [32, 16, 64]
+    for trial in als[:3]:
+        assert trial.params["regularization"] == 3.0
+        assert (trial.params["weighting_scheme"], trial.params["weighting_alpha"]) == ("linear", 2.0)
+    assert als[3].params["regularization"] != 3.0
 
 
 def test_als_continues_from_given_factors() -> None:

@@ -180,21 +180,25 @@ def _tune_item_item(kind, space, train, score, record, deadline, metric, ease_ma
 
 def _tune_als(space, base, train, score, record, deadline, metric) -> None:
     study = _study(space, optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0))
-    # The configured parameters go first: on large data the budget may allow one or two trials,
-    # and a random start point there could serve a worse model than no search at all.
-    start = {
-        "factors": base.factors,
-        "regularization": base.regularization,
-        "weighting": base.weighting.scheme,
-        "alpha": base.weighting.alpha,
-    }
-    if (
-        base.factors in space.factors
-        and space.regularization[0] <= base.regularization <= space.regularization[1]
+    # The configured point goes first, then the same point at the neighbouring factor sizes: on
+    # large data the budget allows two or three trials, a random start point could serve a worse
+    # model than no search at all, and the embedding size is the parameter whose best value
+    # depends most on the data (32 factors beat 64 by a quarter on 25M synthetic ratings, with 16
+    # hidden dimensions; real MovieLens wants more).
+    inside = (
+        space.regularization[0] <= base.regularization <= space.regularization[1]
         and base.weighting.scheme in space.weighting
         and space.alpha[0] <= base.weighting.alpha <= space.alpha[1]
-    ):
-        study.enqueue_trial(start)
+    )
+    for factors in _factor_ladder(base.factors, space.factors) if inside else []:
+        study.enqueue_trial(
+            {
+                "factors": factors,
+                "regularization": base.regularization,
+                "weighting": base.weighting.scheme,
+                "alpha": base.weighting.alpha,
+            }
+        )
     checkpoints = space.checkpoints()
     for _ in range(space.max_trials):
         if deadline.left() <= 0:
@@ -229,3 +233,14 @@ def _tune_als(space, base, train, score, record, deadline, metric) -> None:
             Trial("als", params.flat(), metrics[metric], metrics, time.perf_counter() - began, state, done),
             model,
         )
+
+
+def _factor_ladder(configured: int, sizes: tuple[int, ...]) -> list[int]:
+    """The configured size, then the next smaller and the next larger searched size (the smaller
+    first: it is the cheaper fit). Empty when the configured size is not searched."""
+    ordered = sorted(set(sizes))
+    if configured not in ordered:
+        return []
+    at = ordered.index(configured)
+    smaller = ordered[at - 1 : at] if at else []
+    return [configured, *smaller, *ordered[at + 1 : at + 2]]

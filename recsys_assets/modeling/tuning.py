@@ -152,8 +152,12 @@ def search(
     )
 
 
-def _study(space: SearchSpace, pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
-    sampler = optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=4, multivariate=True)
+def _study(
+    space: SearchSpace, pruner: optuna.pruners.BasePruner | None = None, given: int = 0
+) -> optuna.Study:
+    """``given``: trials enqueued before the sampler's own, which leave its four random
+    start points to it (TPE models the space from those)."""
+    sampler = optuna.samplers.TPESampler(seed=space.seed, n_startup_trials=4 + given, multivariate=True)
     return optuna.create_study(
         direction="maximize", sampler=sampler, pruner=pruner or optuna.pruners.NopPruner()
     )
@@ -179,7 +183,6 @@ def _tune_item_item(kind, space, train, score, record, deadline, metric, ease_ma
 
 
 def _tune_als(space, base, train, score, record, deadline, metric) -> None:
-    study = _study(space, optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0))
     # The configured point goes first, then the same point at the neighbouring factor sizes: on
     # large data the budget allows two or three trials, a random start point could serve a worse
     # model than no search at all, and the embedding size is the parameter whose best value
@@ -190,7 +193,9 @@ def _tune_als(space, base, train, score, record, deadline, metric) -> None:
         and base.weighting.scheme in space.weighting
         and space.alpha[0] <= base.weighting.alpha <= space.alpha[1]
     )
-    for factors in _factor_ladder(base.factors, space.factors) if inside else []:
+    ladder = _factor_ladder(base.factors, space.factors) if inside else []
+    study = _study(space, optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0), len(ladder))
+    for factors in ladder:
         study.enqueue_trial(
             {
                 "factors": factors,

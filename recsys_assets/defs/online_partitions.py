@@ -11,7 +11,7 @@ do on this week's ratings", with the same functions and the same metadata.
 import dagster as dg
 import polars as pl
 
-from ..online.replay import kpis_by_group, replay_metrics, replayed_for, requests_between, served_lists
+from ..online.replay import kpis_by_group, replay_metrics, replayed_for, served_lists
 from .online import GROUP_NAME, ReplayConfig, kpi_metadata, replay_metadata
 from .partitions import RATING_BATCH, rating_batches
 from .resources import RequestLogStore
@@ -34,7 +34,7 @@ def daily_serving_kpis(
 ) -> pl.DataFrame:
     """``serving_kpis`` for one UTC day of requests (by the time they reached the API)."""
     window = context.partition_time_window
-    log = requests_between(request_log.read(), window.start.timestamp(), window.end.timestamp())
+    log = request_log.read(arrived=(window.start.timestamp(), window.end.timestamp()))
     kpis = kpis_by_group(log, raw_movies, training_ratings)
     context.add_output_metadata({"day": context.partition_key, **kpi_metadata(kpis, log)})
     return kpis

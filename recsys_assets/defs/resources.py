@@ -215,10 +215,11 @@ class RequestLogStore(dg.ConfigurableResource):
 
     path: str
 
-    def read(self) -> pl.DataFrame:
+    def read(self, arrived: tuple[float, float] | None = None) -> pl.DataFrame:
+        """Every logged request, or those that arrived in ``[start, end)`` (unix seconds)."""
         from ..online.replay import read_request_log
 
-        return read_request_log(resolve_path(self.path))
+        return read_request_log(resolve_path(self.path), arrived)
 
 
 def resources_from_settings(settings: Settings) -> dict:

@@ -38,13 +38,18 @@ LOG_COLUMNS = {
 }
 
 
-def read_request_log(path: Path) -> pl.DataFrame:
-    """Every logged request (an empty frame when the log does not exist yet)."""
+def read_request_log(path: Path, arrived: tuple[float, float] | None = None) -> pl.DataFrame:
+    """Every logged request, or those that arrived in ``[start, end)`` (unix seconds, the server's
+    clock; filtered in SQLite, so a day of a long log does not read the whole log). An empty frame
+    when the log does not exist yet."""
     if not Path(path).is_file():
         return pl.DataFrame(schema=LOG_COLUMNS)
+    query, window = "", ()
+    if arrived is not None:
+        query, window = " WHERE ts >= ? AND ts < ?", arrived
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
         present = [row[1] for row in connection.execute("PRAGMA table_info(requests)")]
-        rows = connection.execute(f"SELECT {', '.join(present)} FROM requests").fetchall()
+        rows = connection.execute(f"SELECT {', '.join(present)} FROM requests{query}", window).fetchall()
     frame = pl.DataFrame(rows, schema={name: LOG_COLUMNS[name] for name in present}, orient="row")
     missing = [
         pl.lit(None, dtype=kind).alias(name) for name, kind in LOG_COLUMNS.items() if name not in present
@@ -70,11 +75,6 @@ def served_lists(log: pl.DataFrame) -> pl.DataFrame:
         "k",
         "strategy",
     ).with_columns(pl.Series("movies", movies, dtype=pl.List(pl.Int64)))
-
-
-def requests_between(log: pl.DataFrame, start: float, end: float) -> pl.DataFrame:
-    """Logged requests that arrived in [start, end) (unix seconds, the server's clock)."""
-    return log.filter((pl.col("ts") >= start) & (pl.col("ts") < end))
 
 
 def replayed_for(served: pl.DataFrame, batch: pl.DataFrame) -> pl.DataFrame:

@@ -37,7 +37,7 @@ mlflow: install
 test: install
 	$(BIN)/python -m pytest
 
-## lint: ruff (lint and format), mypy (strict on recsys_serving), and the Dagster definitions load
+## lint: ruff (lint and format), mypy on both packages (strict on recsys_serving), and the Dagster definitions load
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_serving.promotion import REGISTERED_MODEL, promoted_path, promoted_version
+from recsys_serving.paths import project_root
+from recsys_serving.promotion import REGISTERED_MODEL, promoted_path, promoted_version, registry_client
 
-from .settings import Settings, project_root
+from .settings import Settings
 
 
 def _bin(name: str) -> str:
@@ -68,7 +69,7 @@ def promote_new_bundle(
     if not new:
         return None
     version = new[-1]
-    from .champion import make_champion, model_version_of, registry_client  # mlflow: only when needed
+    from .champion import make_champion, model_version_of  # mlflow: only when needed
 
     client = registry_client(settings.mlflow_tracking_uri)
     registered = model_version_of(client, registered_model, version)
@@ -104,7 +105,7 @@ def materialise(command: list[str], root: Path, env: dict, log_path: Path) -> bo
         process = subprocess.Popen(
             command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        for line in process.stdout:
+        for line in process.stdout or ():
             log.write(line)
             if (step := _step(line, "STEP_SUCCESS")) is not None:
                 print(f"    {time.time() - started:5.0f}s  done   {step}", flush=True)
@@ -201,7 +202,6 @@ def main(argv: list[str] | None = None) -> int:
     ui = f"http://127.0.0.1:{args.ui_port}"
     try:
         deadline = time.time() + 300
-        status, ready = 0, {}
         while True:  # the banner only once everything it names answers
             status, ready = _get(f"{api}/ready")
             ui_up = args.no_ui or _get(f"{ui}/server_info")[0] == 200

@@ -11,6 +11,7 @@ from recsys_assets.processing.features import (
     training_window,
     user_features,
 )
+from recsys_assets.processing.frames import number, rating_period, time_range
 from recsys_assets.processing.interactions import InteractionRules, build_interactions, k_core
 from recsys_assets.processing.splits import (
     SplitRules,
@@ -179,3 +180,18 @@ def test_training_window_excludes_held_out_period() -> None:
     window = training_window(raw, splits)
     # user 1: nothing from t=6 on; user 2's t=9 rating is after the last training interaction.
     assert sorted(window.select("user_id", "timestamp").rows()) == [(1, 1), (1, 5), (2, 7)]
+
+
+def test_frame_readers_give_plain_numbers_and_iso_periods() -> None:
+    frame = ratings([(1, 10, 4.0, 3 * DAY), (2, 10, 2.0, DAY), (1, 11, 5.0, 2 * DAY)])
+    assert time_range(frame) == (DAY, 3 * DAY)
+    assert rating_period(frame) == {
+        "first_rating": "1970-01-02T00:00:00+00:00",
+        "last_rating": "1970-01-04T00:00:00+00:00",
+    }
+    assert time_range(frame.clear()) is None
+    assert rating_period(frame.clear()) == {"first_rating": "", "last_rating": ""}
+    assert number(frame["rating"].mean()) == pytest.approx(11 / 3)
+    assert number(frame.clear()["rating"].mean(), default=-1.0) == -1.0
+    with pytest.raises(TypeError, match="expected a number"):
+        number(frame.with_columns(pl.lit("x").alias("rating"))["rating"].max())

@@ -7,14 +7,14 @@ from pydantic import Field
 
 from ..processing.content import ContentRules, content_vectors
 from ..processing.features import item_features as build_item_features
-from ..processing.features import training_window
+from ..processing.features import last_training_time, training_window
 from ..processing.features import user_features as build_user_features
-from ..processing.splits import iso_time
+from ..processing.frames import iso_time, number
 from .metadata import frame_metadata, markdown_table, upstream_source
 
 
 def _window(ratings: pl.DataFrame, splits: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, int]:
-    return training_window(ratings, splits), int(splits["train"]["timestamp"].max())
+    return training_window(ratings, splits), last_training_time(splits)
 
 
 @dg.asset(group_name="features", kinds={"polars", "parquet"})
@@ -53,7 +53,7 @@ def user_features(
     context.add_output_metadata(
         {
             **frame_metadata(features, upstream_source(context)),
-            "median_ratings_per_user": float(features["n_ratings"].median() or 0),
+            "median_ratings_per_user": number(features["n_ratings"].median()),
         }
     )
     return features

@@ -1,22 +1,24 @@
 """Stage 1, ingestion: raw movies and ratings in one normalised schema, validated by GX."""
 
+from typing import Any
+
 import dagster as dg
 import polars as pl
 
-from ..processing.splits import iso_time
+from ..processing.frames import number, rating_period
 from ..sources.formats import read_genome, read_movies, read_ratings, read_tags
 from ..streaming.simulator import parse_day
 from ..streaming.store import BATCH_COLUMN
 from ..validation.suites import ratings_expectations, validate
 from .metadata import frame_metadata, markdown_table, upstream_source
-from .partitions import rating_batch_spec, rating_batches
+from .partitions import RATING_BATCHES, rating_batch_spec
 from .resources import DatasetSource, StreamStore
 from .validation import report_result
 
 
 def _source_metadata(context: dg.AssetExecutionContext, source: DatasetSource):
     resolved = source.resolve(context.log)
-    extra = {"source_kind": resolved.kind, "source_directory": str(resolved.directory)}
+    extra: dict[str, Any] = {"source_kind": resolved.kind, "source_directory": str(resolved.directory)}
     if resolved.warnings:
         extra["warning"] = dg.MetadataValue.md("\n\n".join(f"**{w}**" for w in resolved.warnings))
     return resolved, extra
@@ -56,9 +58,8 @@ def raw_ratings(context: dg.AssetExecutionContext, source: DatasetSource) -> pl.
             **extra,
             "users": ratings["user_id"].n_unique(),
             "movies_rated": ratings["movie_id"].n_unique(),
-            "mean_rating": float(ratings["rating"].mean() or 0.0),
-            "first_rating": iso_time(ratings["timestamp"].min()) or "",
-            "last_rating": iso_time(ratings["timestamp"].max()) or "",
+            "mean_rating": number(ratings["rating"].mean()),
+            **rating_period(ratings),
         }
     )
     return ratings
@@ -127,7 +128,7 @@ def training_ratings(
         ["user_id", "movie_id", "timestamp"], keep="first", maintain_order=True
     )
     included = set(streamed[BATCH_COLUMN].unique().to_list())
-    registered = context.instance.get_dynamic_partitions(rating_batches.name)
+    registered = context.instance.get_dynamic_partitions(RATING_BATCHES)
     batches = [b for b in registered if b in included] + sorted(included - set(registered))
     context.add_output_metadata(
         {
@@ -138,7 +139,7 @@ def training_ratings(
             "accepted_batches": len(batches),
             "latest_batch": batches[-1] if batches else "",  # the last registered
             "trained_batches": dg.MetadataValue.json(batches),
-            "last_rating": iso_time(combined["timestamp"].max()) or "",
+            "last_rating": rating_period(combined)["last_rating"],
             "users": combined["user_id"].n_unique(),
             "movies_rated": combined["movie_id"].n_unique(),
         }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import dagster as dg
 import polars as pl
 
@@ -36,10 +38,14 @@ def frame_metadata(frame: pl.DataFrame, source: str, preview_rows: int = 10) -> 
     }
 
 
+def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> Mapping[str, dg.MetadataValue]:
+    """The metadata of an asset's latest materialisation ({} before the first)."""
+    event = instance.get_latest_materialization_event(key)
+    materialization = event.asset_materialization if event else None
+    return materialization.metadata if materialization else {}
+
+
 def upstream_source(context: dg.AssetExecutionContext) -> str:
     """The data source recorded by the latest ``raw_ratings`` materialisation."""
-    event = context.instance.get_latest_materialization_event(RAW_RATINGS)
-    if event is None or event.asset_materialization is None:
-        return "unknown (raw_ratings has no materialisation)"
-    entry = event.asset_materialization.metadata.get("data_source")
-    return entry.value if entry is not None else "unknown"
+    entry = latest_metadata(context.instance, RAW_RATINGS).get("data_source")
+    return str(entry.value) if entry is not None else "unknown (raw_ratings has no materialisation)"

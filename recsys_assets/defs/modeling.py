@@ -359,6 +359,9 @@ def production_bundle(
     manifest with hashes; logged to the training run in MLflow and
     registered as a new version of the model with the ``challenger`` alias.
     ``promotion_decision`` decides whether it is served."""
+    run_id = als_model.mlflow_run_id
+    if run_id is None:  # the bundle is logged to, and registered from, the training run
+        raise dg.Failure("als_model carries no MLflow run id: materialise als_model again")
     manifest = {
         "model": {
             "name": mlflow_tracking.registered_model,
@@ -372,7 +375,7 @@ def production_bundle(
             "fingerprint": als_model.dataset_fingerprint,
         },
         "metrics": {r.method: r.metrics for r in als_model.evaluation.results},
-        "mlflow_run_id": als_model.mlflow_run_id,
+        "mlflow_run_id": run_id,
         "dagster_run_id": context.run.run_id,
     }
     if als_model.kind == "als":
@@ -392,14 +395,14 @@ def production_bundle(
     )
     version = path.name
     client = mlflow_tracking.client()
-    client.log_artifacts(als_model.mlflow_run_id, str(path), artifact_path="bundle")
-    client.set_tag(als_model.mlflow_run_id, "bundle_version", version)
+    client.log_artifacts(run_id, str(path), artifact_path="bundle")
+    client.set_tag(run_id, "bundle_version", version)
     name = mlflow_tracking.registered_model
-    artifact_uri = client.get_run(als_model.mlflow_run_id).info.artifact_uri
+    artifact_uri = client.get_run(run_id).info.artifact_uri
     ndcg = als_model.test_metrics["ndcg@10"]
     registered = mlflow_tracking.register_bundle(
         f"{artifact_uri}/bundle",
-        als_model.mlflow_run_id,
+        run_id,
         {
             "bundle_version": version,
             "bundle_path": str(path),

@@ -8,7 +8,8 @@ partitioned asset in ``recsys_assets.definitions`` would make the documented
 
 import dagster as dg
 
-rating_batches = dg.DynamicPartitionsDefinition(name="rating_batches")
+RATING_BATCHES = "rating_batches"
+rating_batches = dg.DynamicPartitionsDefinition(name=RATING_BATCHES)
 
 RATING_BATCH = dg.AssetKey("rating_batch")
 DRIFT_REPORT = dg.AssetKey("drift_report")

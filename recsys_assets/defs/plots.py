@@ -4,6 +4,7 @@ import base64
 import io
 
 import matplotlib
+from matplotlib.figure import Figure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -11,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..modeling.evaluation import Evaluation  # noqa: E402
 
 
-def png_markdown(figure: plt.Figure, alt: str) -> str:
+def png_markdown(figure: Figure, alt: str) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(figure)

@@ -8,7 +8,7 @@ import polars as pl
 from ..processing.interactions import InteractionRules, build_interactions
 from ..processing.splits import SplitRules, split_summary, split_violations, temporal_split
 from ..validation.suites import interactions_expectations, validate
-from .metadata import frame_metadata, markdown_table, upstream_source
+from .metadata import frame_metadata, latest_metadata, markdown_table, upstream_source
 from .validation import report_result
 
 
@@ -52,8 +52,7 @@ def interactions(
 def recorded_interaction_rules(instance: dg.DagsterInstance) -> InteractionRules:
     """The rules the latest ``interactions`` were built with (its metadata records them), so a
     later stage applies the same threshold and weighting; the config defaults before any run."""
-    event = instance.get_latest_materialization_event(dg.AssetKey("interactions"))
-    recorded = event.asset_materialization.metadata if event else {}
+    recorded = latest_metadata(instance, dg.AssetKey("interactions"))
     values = InteractionsConfig().model_dump()
     for name in ("positive_threshold", "weighting"):
         if name in recorded:

@@ -13,8 +13,8 @@ from recsys_serving.promotion import promoted_version
 from ..champion import make_champion
 from ..modeling.comparison import Comparison, PromotionRule, compare_bundles
 from ..modeling.promotion import PromotionFacts, settle_before_comparing, settle_by_experiment
-from ..processing.splits import iso_time
-from .metadata import upstream_source
+from ..processing.frames import iso_time
+from .metadata import latest_metadata, upstream_source
 from .plots import methods_chart
 from .resources import BundleStore, MLflowTracking
 
@@ -51,11 +51,8 @@ def check_states(instance: dg.DagsterInstance) -> dict[str, str]:
 
 
 def _latest_experiment_report(instance: dg.DagsterInstance) -> dict | None:
-    event = instance.get_latest_materialization_event(dg.AssetKey("experiment_report"))
-    entry = (
-        event.asset_materialization.metadata.get("report") if event and event.asset_materialization else None
-    )
-    return entry.value if entry is not None else None
+    entry = latest_metadata(instance, dg.AssetKey("experiment_report")).get("report")
+    return entry.value if entry is not None and isinstance(entry.value, dict) else None
 
 
 def _comparison_markdown(comparison: Comparison, metric: str) -> str:
@@ -122,6 +119,8 @@ def promotion_decision(
         promote, reason = verdict.promote, verdict.reason
     else:
         evidence = "offline"
+        # settle_before_comparing settles every case in which either bundle is missing
+        assert champion is not None and challenger is not None
         history = pl.concat([temporal_splits["train"], temporal_splits["validation"]])
         comparison = compare_bundles(
             champion, challenger, history, temporal_splits["test"], n_boot=config.bootstrap_samples

@@ -8,15 +8,17 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import overload
 
 import dagster as dg
 import mlflow
 import polars as pl
 from upath import UPath
 
+from recsys_serving.paths import resolve_path
 from recsys_serving.promotion import REGISTERED_MODEL, registry_client
 
-from ..settings import SOURCE_OPTIONS, Settings, resolve_path
+from ..settings import SOURCE_OPTIONS, Settings
 from ..sources.resolve import ResolvedSource, resolve_options
 from ..storage import atomic_path, publish_directory, put_object
 from ..streaming.store import StreamFolders
@@ -43,8 +45,8 @@ class DatasetSource(dg.ConfigurableResource):
     @classmethod
     def from_settings(cls, settings: Settings) -> "DatasetSource":
         paths = {"data_dir", "data_root"}
-        return cls(
-            **{
+        return cls.model_validate(
+            {
                 name: (str(value) if name in paths and value is not None else value)
                 for name, value in settings.source_options().items()
             }
@@ -55,6 +57,23 @@ class DatasetSource(dg.ConfigurableResource):
         resolved = resolve_options(options, self.connect_timeout_seconds, warn=log.warning)
         log.info(f"data source: {resolved.describe()}")
         return resolved
+
+
+@overload
+def _with(path: UPath, suffix: str) -> UPath: ...
+@overload
+def _with(path: Path, suffix: str) -> Path: ...
+@overload
+def _with(path: Path | UPath, suffix: str) -> Path | UPath: ...
+def _with(path: Path | UPath, suffix: str) -> Path | UPath:
+    return path.with_name(path.name + suffix)  # partition keys may contain dots
+
+
+def _frames(obj: object) -> dict[str, pl.DataFrame] | None:
+    """``obj`` when it is a non-empty dict of frames (the splits), stored as one file per frame."""
+    if isinstance(obj, dict) and obj and all(isinstance(v, pl.DataFrame) for v in obj.values()):
+        return obj
+    return None
 
 
 class AtomicFileIOManager(dg.ConfigurableIOManager):
@@ -78,53 +97,56 @@ class AtomicFileIOManager(dg.ConfigurableIOManager):
             return path / context.asset_partition_key
         return path
 
-    @staticmethod
-    def _with(path: Path | UPath, suffix: str) -> Path | UPath:
-        return path.with_name(path.name + suffix)  # partition keys may contain dots
-
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:
         path = self._path(context)
-        frames = isinstance(obj, dict) and obj and all(isinstance(v, pl.DataFrame) for v in obj.values())
+        frames = _frames(obj)
         if isinstance(path, UPath):
             if isinstance(obj, pl.DataFrame):
-                put_object(self._with(path, ".parquet"), _parquet_bytes(obj))
+                put_object(_with(path, ".parquet"), _parquet_bytes(obj))
             elif frames:
-                for name, frame in obj.items():
+                for name, frame in frames.items():
                     put_object(path / f"{name}.parquet", _parquet_bytes(frame))
             else:
-                put_object(self._with(path, ".pickle"), pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+                put_object(_with(path, ".pickle"), pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
         elif isinstance(obj, pl.DataFrame):
-            with atomic_path(self._with(path, ".parquet")) as temporary:
+            with atomic_path(_with(path, ".parquet")) as temporary:
                 obj.write_parquet(temporary)
         elif frames:
             path.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
             try:
-                for name, frame in obj.items():
+                for name, frame in frames.items():
                     frame.write_parquet(staging / f"{name}.parquet")
                 publish_directory(staging, path, replace=True)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         else:
-            with atomic_path(self._with(path, ".pickle")) as temporary:
+            with atomic_path(_with(path, ".pickle")) as temporary:
                 temporary.write_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
     def load_input(self, context: dg.InputContext) -> object:
         path = self._path(context)
-        remote = isinstance(path, UPath)
-
-        def frame(file: Path | UPath) -> pl.DataFrame:
-            return pl.read_parquet(file.read_bytes() if remote else file)
-
-        if self._with(path, ".parquet").is_file():
-            return frame(self._with(path, ".parquet"))
-        if path.is_dir():
-            return {p.stem: frame(p) for p in sorted(path.glob("*.parquet"), key=lambda p: p.name)}
-        if self._with(path, ".pickle").is_file():
-            return pickle.loads(self._with(path, ".pickle").read_bytes())
+        if (stored := _read_stored(path)) is not None:
+            return stored
         raise FileNotFoundError(
             f"{context.asset_key.to_user_string()} has not been materialised yet (nothing at {path}.*)"
         )
+
+
+def _read_stored(path: Path | UPath) -> object | None:
+    """What :meth:`AtomicFileIOManager.handle_output` stored at ``path``; None when nothing is."""
+
+    def frame(file: Path | UPath) -> pl.DataFrame:
+        return pl.read_parquet(file.read_bytes() if isinstance(file, UPath) else file)
+
+    if _with(path, ".parquet").is_file():
+        return frame(_with(path, ".parquet"))
+    if path.is_dir():
+        files = sorted((p for p in path.iterdir() if p.name.endswith(".parquet")), key=lambda p: p.name)
+        return {p.name.removesuffix(".parquet"): frame(p) for p in files}
+    if _with(path, ".pickle").is_file():
+        return pickle.loads(_with(path, ".pickle").read_bytes())
+    return None
 
 
 def _parquet_bytes(frame: pl.DataFrame) -> bytes:

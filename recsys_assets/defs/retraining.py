@@ -7,6 +7,7 @@ everything from ``training_ratings`` down, ending in ``promotion_decision``.
 import dagster as dg
 
 from ..streaming.retrain import DriftSignal, decide_retrain
+from .metadata import latest_metadata
 from .partitions import DRIFT_REPORT
 
 retrain_job = dg.define_asset_job(
@@ -36,9 +37,8 @@ IN_FLIGHT = [
 
 
 def _trained_batches(instance: dg.DagsterInstance) -> set[str]:
-    event = instance.get_latest_materialization_event(dg.AssetKey("training_ratings"))
-    entry = event.asset_materialization.metadata.get("trained_batches") if event else None
-    return set(entry.value) if entry is not None else set()
+    entry = latest_metadata(instance, dg.AssetKey("training_ratings")).get("trained_batches")
+    return set(entry.value) if entry is not None and isinstance(entry.value, list) else set()
 
 
 @dg.sensor(

@@ -3,13 +3,14 @@ compared with the training data. These assets make up the ``recsys_stream`` code
 
 import json
 from dataclasses import asdict
+from typing import Any
 
 import dagster as dg
 import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
 
-from ..processing.splits import iso_time
+from ..processing.frames import rating_period
 from ..sources.formats import RATINGS_SCHEMA, DataFormatError
 from ..storage import atomic_path
 from ..streaming.drift import (
@@ -26,7 +27,7 @@ from ..streaming.retrain import window_batches
 from ..streaming.store import BATCH_COLUMN, content_hash, read_batch
 from ..validation.suites import ratings_expectations, validate
 from .metadata import frame_metadata, markdown_table
-from .partitions import RATING_BATCH, rating_batches
+from .partitions import RATING_BATCH, RATING_BATCHES, rating_batches
 from .plots import png_markdown
 from .resources import StreamStore
 from .validation import report_result
@@ -62,7 +63,7 @@ def rating_batch(context: dg.AssetExecutionContext, raw_movies: pl.DataFrame, st
     except FileNotFoundError as exc:
         raise dg.Failure(str(exc)) from None
     digest = content_hash(path)
-    base = {"batch_file": dg.MetadataValue.path(str(path)), "sha256": digest}
+    base: dict[str, Any] = {"batch_file": dg.MetadataValue.path(str(path)), "sha256": digest}
     try:
         batch = read_batch(path)
     except DataFormatError as exc:
@@ -109,8 +110,7 @@ def rating_batch(context: dg.AssetExecutionContext, raw_movies: pl.DataFrame, st
             "status": status,
             "users": batch["user_id"].n_unique(),
             "movies": batch["movie_id"].n_unique(),
-            "first_rating": iso_time(batch["timestamp"].min()) or "",
-            "last_rating": iso_time(batch["timestamp"].max()) or "",
+            **rating_period(batch),
         },
     )
     yield report_result(report, check_name=BATCH_CHECK)
@@ -149,7 +149,7 @@ def _drift_chart(
     ratings_axis.legend()
     reference_genres = genre_shares(reference, movies)
     window_genres = genre_shares(window, movies)
-    top = sorted(reference_genres, key=reference_genres.get, reverse=True)[:10]
+    top = sorted(reference_genres, key=lambda genre: reference_genres[genre], reverse=True)[:10]
     genre_positions = np.arange(len(top))
     genre_axis.barh(genre_positions - 0.2, [reference_genres[g] for g in top], 0.4, label="training")
     genre_axis.barh(genre_positions + 0.2, [window_genres[g] for g in top], 0.4, label="window")
@@ -198,7 +198,7 @@ def drift_report(
     name = context.partition_key
     trained = set(training_ratings[BATCH_COLUMN].drop_nulls().unique().to_list())
     unseen = window_batches(
-        context.instance.get_dynamic_partitions(rating_batches.name),
+        context.instance.get_dynamic_partitions(RATING_BATCHES),
         set(folders.accepted_names()),
         trained,
         name,
@@ -289,7 +289,7 @@ def rating_batch_sensor(context: dg.SensorEvaluationContext, stream: StreamStore
     plan = plan_registrations(
         [Delivered(stem, content_hash(path)) for stem, path in pending.items()],
         known=json.loads(context.cursor) if context.cursor else {},
-        registered=set(context.instance.get_dynamic_partitions(rating_batches.name)),
+        registered=set(context.instance.get_dynamic_partitions(RATING_BATCHES)),
         ingested=_ingested_digests(context.instance),
     )
     for file, original in plan.redelivered:

@@ -21,6 +21,7 @@ from recsys_serving.bundle import Bundle
 from recsys_serving.confidence import confidence_matrix
 from recsys_serving.models import ItemItemModel
 
+from ..processing.frames import time_range
 from .evaluation import KS, Evaluation, MethodResult, bootstrap_ci, hit_matrix, per_user_metrics, top_k
 from .matrices import IdMap, to_csr
 from .recommenders import solve_users
@@ -40,10 +41,10 @@ class BundleScorer:
     def scores(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
         bundle = self.bundle
         inputs = user_items[users].tocsr()
-        if bundle.kind == "als":
+        if (item_factors := bundle.item_factors) is not None:  # ALS bundles, and only they, carry factors
             confidence = confidence_matrix(inputs, bundle.weighting, bundle.length_norm)
-            factors = solve_users(bundle.item_factors, confidence, bundle.regularization)
-            out = factors @ bundle.item_factors.T
+            factors = solve_users(item_factors, confidence, bundle.regularization)
+            out = factors @ item_factors.T
         else:
             model = ItemItemModel(bundle.kind, bundle.item_similarity, inputs, bundle.binary_input)
             out = model.scores_of(inputs)
@@ -104,11 +105,11 @@ def compare_bundles(
         metrics = {metric: float(array.mean()) for metric, array in values.items()}
         metrics["known_user_share"] = float((inputs.getnnz(axis=1) > 0).mean()) if len(users) else 0.0
         results.append(MethodResult(name, metrics, bootstrap_ci(values, n_boot, seed)))
-    timestamps = window.filter(pl.col("user_id").is_in(users.tolist()))["timestamp"]
+    first, last = time_range(window.filter(pl.col("user_id").is_in(users.tolist()))) or (None, None)
     return Comparison(
         window_interactions=int(n_relevant.sum()),
-        window_first=int(timestamps.min()) if len(timestamps) else None,
-        window_last=int(timestamps.max()) if len(timestamps) else None,
+        window_first=first,
+        window_last=last,
         evaluation=Evaluation(users=len(users), results=results),
     )
 

@@ -9,6 +9,7 @@ divides by min(relevant, K).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,14 +18,14 @@ import scipy.sparse as sp
 
 from recsys_serving.models import best_rows_each
 
-from .recommenders import Recommender
+from .recommenders import Scorer
 
 KS = (10, 20)
 METRICS = ("recall", "precision", "ndcg", "map", "hit_rate", "mrr")
 SCORE_BUDGET = 1 << 24  # floats per scoring batch (64 MiB)
 
 
-def top_k(model: Recommender, users: np.ndarray, user_items: sp.csr_matrix, k: int) -> np.ndarray:
+def top_k(model: Scorer, users: np.ndarray, user_items: sp.csr_matrix, k: int) -> np.ndarray:
     """Each user's top ``k`` item indices, already-seen items excluded; -1 pads short lists."""
     n_items = user_items.shape[1]
     take = min(k, n_items)
@@ -175,7 +176,7 @@ def sample_users(users: np.ndarray, max_users: int | None, seed: int = 0) -> np.
 
 
 def evaluate(
-    models: list[Recommender],
+    models: Sequence[Scorer],
     train: sp.csr_matrix,
     test: sp.csr_matrix,
     ks: tuple[int, ...] = KS,

@@ -23,6 +23,7 @@ def build_index(
     vectors = np.ascontiguousarray(item_factors, dtype=np.float32)
     ids = np.asarray(item_ids, dtype=np.int64)
     dim = vectors.shape[1]
+    index: faiss.Index
     if kind == "flat":
         index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
     elif kind == "hnsw":
@@ -32,9 +33,10 @@ def build_index(
     elif kind == "ivf":
         nlist = ivf_nlist or max(1, int(np.sqrt(len(ids))))
         quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(vectors)
-        index.nprobe = min(ivf_nprobe, nlist)
+        ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(vectors)
+        ivf.nprobe = min(ivf_nprobe, nlist)
+        index = ivf
     else:
         raise ValueError(f"unknown index kind {kind!r}: use flat, hnsw or ivf")
     index.add_with_ids(vectors, ids)

@@ -28,14 +28,16 @@ from recsys_serving.confidence import Weighting, confidence_matrix, item_length_
 log = logging.getLogger(__name__)
 
 
-class Recommender(Protocol):
+class Scorer(Protocol):
     name: str
-
-    def fit(self, user_items: sp.csr_matrix) -> None: ...
 
     def scores(self, users: np.ndarray, user_items: sp.csr_matrix) -> np.ndarray:
         """Dense float32 scores [len(users), n_items]; higher is better."""
         ...
+
+
+class Recommender(Scorer, Protocol):
+    def fit(self, user_items: sp.csr_matrix) -> None: ...
 
 
 class MostPopular:

@@ -156,13 +156,13 @@ def train_and_evaluate(
                 users=choice_users,
             )
             validation_scores = {r.method: r.metrics[plan.primary_metric] for r in scored.results}
-        if isinstance(fitted.get("als"), ALS):
-            warm_from = (search_ids, fitted["als"])
+        if isinstance(searched_als := fitted.get("als"), ALS):
+            warm_from = (search_ids, searched_als)
 
-    fitted = pl.concat([train, validation])
-    ids = IdMap.from_frame(fitted)
-    x_fit, x_test = to_csr(fitted, ids), to_csr(test, ids)
-    split_stats = _split_stats(test, fitted, ids)
+    fit_frame = pl.concat([train, validation])
+    ids = IdMap.from_frame(fit_frame)
+    x_fit, x_test = to_csr(fit_frame, ids), to_csr(test, ids)
+    split_stats = _split_stats(test, fit_frame, ids)
 
     als = ALS(als_params, on_iteration=on_iteration)
     knn = ItemKNN(knn_neighbours)
@@ -217,7 +217,7 @@ def train_and_evaluate(
         params=als_params,
         length_norm=als.length_norm,
         evaluation=evaluation,
-        dataset_fingerprint=fingerprint(fitted.select("user_id", "movie_id", "weight", "timestamp")),
+        dataset_fingerprint=fingerprint(fit_frame.select("user_id", "movie_id", "weight", "timestamp")),
         split_stats=split_stats,
         fit_seconds=fit_seconds,
         item_similarity=served_forms.get(kind),
@@ -296,7 +296,7 @@ def confirm_on_test(evaluation: Evaluation, kind: str, metric: str) -> dict:
 def _split_stats(test: pl.DataFrame, fitted: pl.DataFrame, ids: IdMap) -> dict:
     known_users = test["user_id"].is_in(ids.user_ids.tolist())
     known_items = test["movie_id"].is_in(ids.item_ids.tolist())
-    stats = {
+    stats: dict[str, float] = {
         "test_users": test["user_id"].n_unique(),
         "cold_test_users": test.filter(~known_users)["user_id"].n_unique(),
         "test_interactions_unknown_items": int((~known_items).sum()),

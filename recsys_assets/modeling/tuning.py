@@ -170,12 +170,14 @@ def _tune_item_item(kind, space, train, score, record, deadline, metric, ease_ma
             break
         trial = study.ask()
         began = time.perf_counter()
+        params: dict[str, float]
+        model: Recommender
         if kind == "ease":
-            params = {"l2": trial.suggest_float("l2", *space.ease_l2, log=True)}
-            model: Recommender = EASE(params["l2"], ease_max_items)
+            l2 = trial.suggest_float("l2", *space.ease_l2, log=True)
+            params, model = {"l2": l2}, EASE(l2, ease_max_items)
         else:
-            params = {"neighbours": trial.suggest_int("neighbours", *space.knn_neighbours, log=True)}
-            model = ItemKNN(params["neighbours"])
+            neighbours = trial.suggest_int("neighbours", *space.knn_neighbours, log=True)
+            params, model = {"neighbours": neighbours}, ItemKNN(neighbours)
         model.fit(train)
         metrics = score(model)
         study.tell(trial, metrics[metric])

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import polars as pl
 
+from ..processing.frames import number
 from .stats import ips
 
 
@@ -67,7 +68,7 @@ def place_rewards(
 def off_policy_value(rewarded: pl.DataFrame, candidate: Callable[[int, int], list[int]]) -> dict[str, float]:
     """IPS and self-normalised IPS of a deterministic ``candidate`` (user_id, k -> movie ids in
     order) on the logged places, beside the logging policy's own mean reward."""
-    k = int(rewarded.group_by("request_id").len()["len"].max() or 0)
+    k = int(number(rewarded.group_by("request_id").len()["len"].max()))
     lists = {user: candidate(user, k) for user in rewarded["user_id"].unique().to_list()}
     agrees = np.array(
         [

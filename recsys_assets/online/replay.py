@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from ..modeling.evaluation import bootstrap_ci
+from ..processing.frames import number, time_range
 
 GROUP = ("bundle_version", "arm")
 LOG_COLUMNS = {
@@ -44,9 +45,7 @@ def read_request_log(path: Path, arrived: tuple[float, float] | None = None) -> 
     when the log does not exist yet."""
     if not Path(path).is_file():
         return pl.DataFrame(schema=LOG_COLUMNS)
-    query, window = "", ()
-    if arrived is not None:
-        query, window = " WHERE ts >= ? AND ts < ?", arrived
+    query, window = ("", ()) if arrived is None else (" WHERE ts >= ? AND ts < ?", arrived)
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
         present = [row[1] for row in connection.execute("PRAGMA table_info(requests)")]
         rows = connection.execute(f"SELECT {', '.join(present)} FROM requests{query}", window).fetchall()
@@ -83,7 +82,7 @@ def replayed_for(served: pl.DataFrame, batch: pl.DataFrame) -> pl.DataFrame:
     before their first rating in the batch) to its last."""
     if batch.is_empty():
         return served.clear()
-    first, last = batch["timestamp"].min(), batch["timestamp"].max()
+    first, last = time_range(batch) or (0, 0)
     return served.filter(
         pl.col("user_id").is_in(batch["user_id"].unique().implode())
         & pl.col("at").is_between(first - 1, last)
@@ -198,12 +197,12 @@ def kpis_by_group(
             dict(zip(by, key, strict=True))
             | {
                 "requests": len(group),
-                "error_rate": float((group["status"] >= 500).mean()),
-                "client_error_rate": float(((group["status"] >= 400) & (group["status"] < 500)).mean()),
+                "error_rate": number((group["status"] >= 500).mean()),
+                "client_error_rate": number(((group["status"] >= 400) & (group["status"] < 500)).mean()),
                 "latency_p50_ms": float(np.percentile(latency, 50)),
                 "latency_p95_ms": float(np.percentile(latency, 95)),
                 "latency_p99_ms": float(np.percentile(latency, 99)),
-                "fallback_share": float((strategies == "popular_fallback").mean())
+                "fallback_share": number((strategies == "popular_fallback").mean())
                 if len(strategies)
                 else 0.0,
                 "coverage": len(set(served)) / max(len(movies), 1),

@@ -13,12 +13,17 @@ def genre_column(genre: str) -> str:
     return "genre_" + re.sub(r"[^a-z0-9]+", "_", genre.lower()).strip("_")
 
 
+def last_training_time(splits: dict[str, pl.DataFrame]) -> int:
+    """Unix time of the last training interaction: features are computed as of then."""
+    return int(splits["train"].select(pl.col("timestamp").max()).item())
+
+
 def training_window(ratings: pl.DataFrame, splits: dict[str, pl.DataFrame]) -> pl.DataFrame:
     """Ratings visible at training time: nothing from a user's held-out period onwards, and
     nothing after the last training interaction, so features cannot leak validation or test."""
     held_out = pl.concat([splits["validation"], splits["test"]])
     cutoff = held_out.group_by("user_id").agg(pl.col("timestamp").min().alias("_cutoff"))
-    last_train = splits["train"]["timestamp"].max()
+    last_train = last_training_time(splits)
     return (
         ratings.join(cutoff, on="user_id", how="left")
         .filter(pl.col("_cutoff").is_null() | (pl.col("timestamp") < pl.col("_cutoff")))

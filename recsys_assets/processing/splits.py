@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Literal
 
 import polars as pl
+
+from .frames import iso_time, time_range
 
 SPLIT_NAMES = ("train", "validation", "test")
 Strategy = Literal["global_cutoff", "leave_last_n"]
@@ -34,17 +35,13 @@ class SplitRules:
             raise ValueError(f"leave_last_n needs n >= 1, got {self.n}")
 
 
-def iso_time(ts: int | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
 def temporal_split(interactions: pl.DataFrame, rules: SplitRules) -> dict[str, pl.DataFrame]:
     if interactions.is_empty():
         raise ValueError("cannot split: there are no interactions")
     if rules.strategy == "global_cutoff":
         ts = interactions["timestamp"]
-        test_start = int(ts.quantile(1 - rules.test_fraction, "lower"))
-        val_start = int(ts.quantile(1 - rules.test_fraction - rules.validation_fraction, "lower"))
+        test_start = int(ts.quantile(1 - rules.test_fraction, "lower") or 0)
+        val_start = int(ts.quantile(1 - rules.test_fraction - rules.validation_fraction, "lower") or 0)
         label = (
             pl.when(pl.col("timestamp") >= test_start)
             .then(pl.lit("test"))
@@ -75,12 +72,13 @@ def split_summary(splits: dict[str, pl.DataFrame]) -> dict[str, dict]:
     train_users = splits["train"]["user_id"].unique()
     summary = {}
     for name, frame in splits.items():
+        first, last = time_range(frame) or (None, None)
         summary[name] = {
             "interactions": len(frame),
             "users": frame["user_id"].n_unique(),
             "items": frame["movie_id"].n_unique(),
-            "first": iso_time(frame["timestamp"].min()),
-            "last": iso_time(frame["timestamp"].max()),
+            "first": iso_time(first),
+            "last": iso_time(last),
         }
         if name != "train":
             cold = frame.filter(~pl.col("user_id").is_in(train_users.implode()))["user_id"]

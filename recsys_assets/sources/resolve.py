@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from ..settings import resolve_path
+from recsys_serving.paths import resolve_path
+
 from .formats import detect_layout
-from .movielens import RELEASES, DownloadError, download_release
+from .movielens import DEFAULT_BASE_URL, RELEASES, DownloadError, download_release
 from .synthetic import SyntheticConfig, write_dataset
 
 log = logging.getLogger(__name__)
@@ -67,9 +69,9 @@ def resolve_source(
     """
     raw_dir = Path(raw_dir)
     synthetic = synthetic or SyntheticConfig()
-    download_kwargs = {"connect_timeout": connect_timeout}
-    if base_url:
-        download_kwargs["base_url"] = base_url
+    download = partial(
+        download_release, connect_timeout=connect_timeout, base_url=base_url or DEFAULT_BASE_URL
+    )
 
     if dataset == "synthetic":
         return _synthetic(synthetic, raw_dir, ())
@@ -84,7 +86,7 @@ def resolve_source(
                 f"{dataset} is not in {raw_dir} and downloads are disabled; set RECSYS_DATA_DIR "
                 "to a local copy or allow downloads"
             )
-        directory = download_release(dataset, raw_dir, **download_kwargs)
+        directory = download(dataset, raw_dir)
         return ResolvedSource("movielens", dataset, directory, "downloaded from GroupLens")
     if dataset != "auto":
         raise ValueError(f"unknown dataset {dataset!r}: use auto, synthetic or one of {list(RELEASES)}")
@@ -95,7 +97,7 @@ def resolve_source(
     reason = "downloads are disabled"
     if allow_download:
         try:
-            directory = download_release(AUTO_RELEASE, raw_dir, **download_kwargs)
+            directory = download(AUTO_RELEASE, raw_dir)
             return ResolvedSource("movielens", AUTO_RELEASE, directory, "downloaded from GroupLens")
         except DownloadError as exc:
             reason = str(exc)

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import polars as pl
 
+from ..processing.frames import number, time_range
+
 SMOOTHING = 0.5  # pseudo-count added to every bin
 RATING_BINS = [x / 2 for x in range(1, 11)]
 
@@ -108,6 +110,12 @@ def _genre_counts(frame: pl.DataFrame, movies: pl.DataFrame, genres: list[str]) 
     return np.array([counted.get(g, 0) for g in genres], dtype=np.float64)
 
 
+def _weeks(frame: pl.DataFrame) -> float:
+    """The time a frame's ratings span, in weeks, at least one (a batch of one instant is a week)."""
+    first, last = time_range(frame) or (0, 0)
+    return max((last - first) / (7 * 86_400), 1.0)
+
+
 def measure_drift(
     reference: pl.DataFrame,
     current: pl.DataFrame,
@@ -118,10 +126,8 @@ def measure_drift(
     thresholds = thresholds or DriftThresholds()
     if reference.is_empty():
         raise ValueError("drift needs reference ratings")
-    span_weeks = max((reference["timestamp"].max() - reference["timestamp"].min()) / (7 * 86_400), 1.0)
-    current_weeks = 1.0
-    if len(current) > 1:
-        current_weeks = max((current["timestamp"].max() - current["timestamp"].min()) / (7 * 86_400), 1.0)
+    span_weeks = _weeks(reference)
+    current_weeks = _weeks(current)
     volume_ratio = (len(current) / current_weeks) / (len(reference) / span_weeks)
 
     ref_ratings, cur_ratings = _aligned_counts(reference["rating"], current["rating"], RATING_BINS)
@@ -143,8 +149,8 @@ def measure_drift(
         genre_psi=psi(ref_genres, cur_genres),
         new_user_share=float(current.filter(~pl.col("user_id").is_in(known_users)).height / rows),
         new_item_share=float(current.filter(~pl.col("movie_id").is_in(known_items)).height / rows),
-        mean_rating=float(current["rating"].mean() or 0.0),
-        reference_mean_rating=float(reference["rating"].mean() or 0.0),
+        mean_rating=number(current["rating"].mean()),
+        reference_mean_rating=number(reference["rating"].mean()),
     )
     t = thresholds
     checks = [

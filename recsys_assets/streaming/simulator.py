@@ -67,7 +67,7 @@ def cut_batches(
     if stream.is_empty():
         return []
     width = int(window_days * 86_400)
-    last = int(stream["timestamp"].max())
+    last = int(stream.select(pl.col("timestamp").max()).item())
     batches = []
     start = cutoff_ts
     while start <= last:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 import great_expectations as gx
 import great_expectations.expectations as gxe
 import polars as pl
+from great_expectations.data_context.types.base import ProgressBarsConfig
 
 HALF_STARS = [x / 2 for x in range(1, 11)]
 # MovieLens starts in January 1995; anything earlier is a corrupt timestamp.
@@ -126,9 +127,7 @@ def _context() -> gx.data_context.AbstractDataContext:
     # GX logs every metric batch and draws tqdm bars; neither belongs in a pipeline's run log.
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(
-        globally=False, metric_calculations=False
-    )
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     return context
 
 
@@ -179,6 +178,7 @@ def _gx_failures(
             continue
         details = outcome.result or {}
         config = outcome.expectation_config
+        assert config is not None  # GX attaches its configuration to every expectation's result
         kwargs = config.kwargs
         column = kwargs.get("column") or ", ".join(kwargs.get("column_list", []) or [])
         indices = [i for i in details.get("partial_unexpected_index_list") or [] if isinstance(i, int)][
@@ -215,7 +215,7 @@ def exact_failures(frame: pl.DataFrame, expectations: list[gxe.Expectation]) -> 
                 failures.append(FailedExpectation(kind, None, None, None, [], [], sorted(present)))
             continue
         if isinstance(expectation, gxe.ExpectTableRowCountToBeBetween):
-            low, high = expectation.min_value, expectation.max_value
+            low, high = _bound(expectation.min_value), _bound(expectation.max_value)
             if (low is not None and len(frame) < low) or (high is not None and len(frame) > high):
                 failures.append(FailedExpectation(kind, None, None, None, [], [], len(frame)))
             continue
@@ -272,8 +272,15 @@ def _unexpected(expectation: gxe.Expectation, columns: list[str]) -> tuple[pl.Ex
         return value.is_not_null() & ~value.cast(allowed.dtype).is_in(allowed.implode()), value.is_not_null()
     assert isinstance(expectation, gxe.ExpectColumnValuesToBeBetween)
     inside = pl.lit(True)
-    if expectation.min_value is not None:
-        inside &= value > expectation.min_value if expectation.strict_min else value >= expectation.min_value
-    if expectation.max_value is not None:
-        inside &= value < expectation.max_value if expectation.strict_max else value <= expectation.max_value
+    if (low := _bound(expectation.min_value)) is not None:
+        inside &= value > low if expectation.strict_min else value >= low
+    if (high := _bound(expectation.max_value)) is not None:
+        inside &= value < high if expectation.strict_max else value <= high
     return value.is_not_null() & ~inside, value.is_not_null()
+
+
+def _bound(value: object) -> float | None:
+    """A literal GX bound; suite parameters (``{"$PARAMETER": …}``) have no exact polars check."""
+    if value is None or isinstance(value, int | float):
+        return value
+    raise TypeError(f"no exact polars check for the bound {value!r}; use a literal number")

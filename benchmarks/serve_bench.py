@@ -11,7 +11,7 @@ worker) on 127.0.0.1, and drives it with a bounded keep-alive load generator at 
 concurrency, each route in rounds paired with a /health run just before it. Prints requests/s
 and p50/p95/p99 per route with the median paired ratio to /health, then re-runs known-user
 recommendations paced at half their measured throughput to report p99 under moderate load, and
-measures known users again on a server that computes their lists instead of using the
+measures known users and similar movies again on a server that computes their lists instead of using the
 precomputed ones, then known users and cold start with an A/B experiment running, and finally
 with no cold slots (RECSYS_COLD_SLOTS=0):
 the bundle is built as the pipeline builds it, cold items (movies the model does not score)
@@ -297,6 +297,7 @@ def main() -> None:
         users = rng.choice(bundle.user_ids, size=min(500, len(bundle.user_ids)), replace=False)
         movies = rng.choice(bundle.item_ids, size=min(500, len(bundle.item_ids)), replace=False)
         known = "GET /users/{id}/recommendations"
+        similar = "GET /movies/{id}/similar"
         routes = {
             "/health": [_raw("GET", "/health", None)],
             known: [_raw("GET", f"/users/{u}/recommendations?k=10", None) for u in users],
@@ -307,7 +308,7 @@ def main() -> None:
                 _raw("POST", "/recommendations", {"liked": rng.choice(movies, 5).tolist(), "k": 10})
                 for _ in range(300)
             ],
-            "GET /movies/{id}/similar": [_raw("GET", f"/movies/{m}/similar?k=10", None) for m in movies],
+            similar: [_raw("GET", f"/movies/{m}/similar?k=10", None) for m in movies],
             "GET /popular": [_raw("GET", "/popular?k=10", None)],
         }
         if bundle.cold is not None and len(bundle.cold.movie_ids):
@@ -322,13 +323,13 @@ def main() -> None:
             paced = asyncio.run(
                 drive(port, routes[known], args.concurrency, args.seconds, rate=results[known]["rps"] / 2)
             )
-        # The same known-user requests computed (a filtered FAISS search for ALS, the liked row
-        # times the matrix for item-item kinds) instead of read from the precomputed lists,
-        # against a /health measured on that server too.
+        # The same known-user and similar-movie requests computed (a scan of the item factors for
+        # ALS, the liked row times the matrix for item-item kinds) instead of read from the
+        # precomputed lists, against a /health measured on that server too.
         with serving(work, RECSYS_PRECOMPUTED_LISTS="false") as port:
             searched = measure(
                 port,
-                {"/health": routes["/health"], known: routes[known]},
+                {"/health": routes["/health"], known: routes[known], similar: routes[similar]},
                 args.concurrency,
                 args.seconds,
                 args.rounds,
@@ -367,7 +368,13 @@ def main() -> None:
     )
     print("| route | req/s | vs /health (median of paired runs) | p50 ms | p95 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|---|")
-    rows = [*results.items(), (f"{known}, computed (RECSYS_PRECOMPUTED_LISTS=false)", searched[known])]
+    rows = [
+        *results.items(),
+        *(
+            (f"{name}, computed (RECSYS_PRECOMPUTED_LISTS=false)", searched[name])
+            for name in (known, similar)
+        ),
+    ]
     for name, r in rows:
         print(
             f"| {name} | {r['rps']:.0f} | {r['ratio']:.0%} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['errors']} |"

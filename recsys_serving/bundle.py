@@ -18,6 +18,8 @@ Layout of ``<bundle_root>/<version>/``; ``manifest.json`` names the model kind (
                          best first, -1 past the end when fewer are unseen), ranked exactly
     top_scores.npy       optional, float32 [n_users, n]: their scores
   als only:
+    similar_rows.npy     with precomputed lists: int32 [n_items, n], each item's n most similar
+    similar_scores.npy   items (cosine of the factors, itself excluded) and their float32 scores
     item_factors.npy     float32 [n_items, f]
     user_factors.npy     float32 [n_users, f]
     index.faiss          FAISS index over item factors, ids = movie ids, inner product
@@ -62,8 +64,10 @@ import scipy.sparse as sp
 from .confidence import Weighting
 from .models import KINDS, ColdScorer, FactorModel, ItemItemModel, Model, top_unseen
 
-FORMAT_VERSION = 4  # 4: optional cold items; 3: model kinds (als, ease, item_knn); 2: ALS only
-READABLE_FORMATS = (2, 3, 4)
+# 5: precomputed similar movies (ALS); 4: optional cold items; 3: model kinds (als, ease, item_knn);
+# 2: ALS only
+FORMAT_VERSION = 5
+READABLE_FORMATS = (2, 3, 4, 5)
 MANIFEST = "manifest.json"
 COMMON_FILES = ("item_ids.npy", "user_ids.npy", "seen.npz", "liked.npz", "movies.parquet", "popularity.json")
 KIND_FILES = {
@@ -79,7 +83,10 @@ COLD_KIND_FILES = {
     "ease": "cold_similarity.npz",
     "item_knn": "cold_similarity.npz",
 }
-OPTIONAL_FILES = ("top_rows.npy", "top_scores.npy", "bm25_length_norm.npy", "held_out.npz")
+SIMILAR_LISTS = ("similar_rows.npy", "similar_scores.npy")
+OPTIONAL_FILES = ("top_rows.npy", "top_scores.npy", "bm25_length_norm.npy", "held_out.npz", *SIMILAR_LISTS)
+# Ranked lists stored as a rows file and a scores file of one shape, always written together.
+LIST_PAIRS = (("top_rows.npy", "top_scores.npy"), SIMILAR_LISTS, COLD_LISTS)
 
 
 # Manifest keys write_bundle fills in itself (a bundle made from another's parts drops them).
@@ -126,6 +133,8 @@ class Bundle:
     weighting: Weighting = field(default_factory=Weighting)
     top_rows: np.ndarray | None = None
     top_scores: np.ndarray | None = None
+    similar_rows: np.ndarray | None = None
+    similar_scores: np.ndarray | None = None
     cold: ColdItems | None = None
 
     @property
@@ -215,13 +224,16 @@ def write_bundle(
     top_n: int = 0,
     cold: ColdItems | None = None,
     top_lists: tuple[np.ndarray, np.ndarray] | None = None,
+    similar_lists: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
     """Write a new bundle of ``kind`` under ``root`` and return its directory (named by its version).
 
     ALS needs the factors, the index and the fold-in settings (weighting, regularization);
     item-item kinds need ``item_similarity`` and whether their input is binary. With ``top_n`` > 0
     each user's best ``top_n`` unseen items are ranked here, once, so a server answers a known
-    user's plain request by slicing an array.
+    user's plain request by slicing an array; for ALS so are each item's ``top_n`` most similar
+    items (a dense scan of the catalogue per request otherwise). ``top_lists`` and
+    ``similar_lists`` reuse lists ranked before (a bundle made from another's parts).
     """
     if kind not in KINDS:
         raise BundleError(f"unknown model kind {kind!r}: use one of {', '.join(KINDS)}")
@@ -291,6 +303,10 @@ def write_bundle(
         if top_n > 0:
             np.save(staging / "top_rows.npy", top_rows)
             np.save(staging / "top_scores.npy", top_scores)
+            if isinstance(model, FactorModel):  # item-item kinds read a sparse row: nothing to save
+                similar_rows, similar_scores = similar_lists or model.similar_lists(top_n)
+                np.save(staging / "similar_rows.npy", similar_rows)
+                np.save(staging / "similar_scores.npy", similar_scores)
             if cold is not None:
                 scorer = ColdScorer(model, cold.factors, cold.similarity)
                 cold_rows, cold_scores = top_unseen(
@@ -420,13 +436,12 @@ def verify_bundle(path: Path) -> dict[str, Any]:
     missing = sorted((needed - set(listed)) | {n for n in listed if not (path / n).is_file()})
     if missing:
         raise BundleError(f"{path}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing")
-    if ("top_rows.npy" in listed) != ("top_scores.npy" in listed):
-        raise BundleError(f"{path}: top_rows.npy and top_scores.npy come together")
+    for rows, scores in LIST_PAIRS:
+        if (rows in listed) != (scores in listed):
+            raise BundleError(f"{path}: {rows} and {scores} come together")
     cold = {*COLD_FILES, COLD_KIND_FILES[kind]}
     if (cold | set(COLD_LISTS)) & set(listed) and not cold <= set(listed):
         raise BundleError(f"{path}: cold items need all of {', '.join(sorted(cold))}")
-    if ("cold_top_rows.npy" in listed) != ("cold_top_scores.npy" in listed):
-        raise BundleError(f"{path}: cold_top_rows.npy and cold_top_scores.npy come together")
     for name, expected in listed.items():
         if _sha256(path / name) != expected:
             raise BundleError(f"{path}: {name} is corrupted (sha256 differs from the manifest)")
@@ -462,17 +477,21 @@ def load_bundle(path: Path) -> Bundle:
         weighting=Weighting(**manifest["fold_in"]["weighting"]),
         top_rows=optional("top_rows.npy"),
         top_scores=optional("top_scores.npy"),
+        similar_rows=optional("similar_rows.npy"),
+        similar_scores=optional("similar_scores.npy"),
         cold=_read_cold(path, listed),
     )
     n_users, n_items = len(bundle.user_ids), len(bundle.item_ids)
-    if (
-        bundle.top_rows is not None
-        and bundle.top_scores is not None
-        and bundle.top_rows.shape != bundle.top_scores.shape
+    for name, rows, scores, expected in (
+        ("top", bundle.top_rows, bundle.top_scores, n_users),
+        ("similar", bundle.similar_rows, bundle.similar_scores, n_items),
     ):
-        raise BundleError(f"{path}: top_rows and top_scores differ in shape")
-    if bundle.top_rows is not None and bundle.top_rows.shape[0] != n_users:
-        raise BundleError(f"{path}: top_rows has {bundle.top_rows.shape[0]} users, expected {n_users}")
+        if rows is None or scores is None:
+            continue
+        if rows.shape != scores.shape:
+            raise BundleError(f"{path}: {name}_rows and {name}_scores differ in shape")
+        if rows.shape[0] != expected:
+            raise BundleError(f"{path}: {name}_rows has {rows.shape[0]} rows, expected {expected}")
     if bundle.index is not None and bundle.index.ntotal != n_items:
         raise BundleError(f"{path}: index holds {bundle.index.ntotal} vectors, expected {n_items}")
     if bundle.item_similarity is not None and bundle.item_similarity.shape != (n_items, n_items):

@@ -8,6 +8,8 @@ kind shares (ids, catalogue, filters, the precomputed lists, popularity); the bu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import faiss
 import numpy as np
 
@@ -16,6 +18,20 @@ from .cold import ColdCatalogue, merge
 from .models import FactorModel, Scored, lookup
 
 NO_ROWS = np.empty(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class LikedQuery:
+    """A cold start, ready to rank: the liked movies, what may be returned, and for ALS the
+    folded-in user vector."""
+
+    known_rows: np.ndarray  # catalogue rows of the liked movies the bundle knows (cold ones too)
+    liked_rows: np.ndarray  # those the model scores from
+    values: np.ndarray  # their interaction weights
+    k: int
+    genres: list[str]
+    allowed: np.ndarray  # the model's items a response may contain
+    vector: np.ndarray | None  # ALS only
 
 
 class Engine:
@@ -34,6 +50,8 @@ class Engine:
         self.liked = bundle.liked
         self.top_rows = bundle.top_rows if use_precomputed else None
         self.top_scores = bundle.top_scores if use_precomputed else None
+        self.similar_rows = bundle.similar_rows if use_precomputed else None
+        self.similar_scores = bundle.similar_scores if use_precomputed else None
 
         # The catalogue: the model's items (rows 0..n_items-1), then the cold ones the bundle has.
         self.cold = None if bundle.cold is None else ColdCatalogue(bundle.cold, self.model, self.n_items)
@@ -183,28 +201,40 @@ class Engine:
 
     def recommend_liked(self, known_rows: np.ndarray, k: int, genres: list[str], explain: bool) -> Scored:
         """A new user's list from the movies they like (catalogue rows), scored by the bundle's
-        model from the liked movies it was trained on; liked cold movies are only left out."""
+        model from the liked movies it was trained on; liked cold movies are only left out.
+        The API runs the same three steps with the ranking batched (:mod:`.batching`)."""
+        query = self.liked_query(known_rows, k, genres)
+        return self.finish_liked(query, self.rank_liked(query), explain)
+
+    def liked_query(self, known_rows: np.ndarray, k: int, genres: list[str]) -> LikedQuery:
         liked_rows = known_rows[known_rows < self.n_items]
         values = np.full(liked_rows.size, self.liked_value, dtype=np.float32)
-        allowed = self._allowed(liked_rows, genres)
         # ALS: one folded-in vector ranks the model's items and, with cold slots, the cold ones.
-        vector = None
-        if isinstance(self.model, FactorModel):
-            vector = self.model.liked_vector(liked_rows, values)
-            result = self.model.rank_vector(vector, k, allowed)
-        else:
-            result = self.model.rank_liked(liked_rows, values, k, allowed)
+        vector = self.model.liked_vector(liked_rows, values) if isinstance(self.model, FactorModel) else None
+        return LikedQuery(
+            known_rows, liked_rows, values, k, genres, self._allowed(liked_rows, genres), vector
+        )
+
+    def rank_liked(self, query: LikedQuery) -> Scored:
+        if query.vector is not None and isinstance(self.model, FactorModel):
+            return self.model.rank_vector(query.vector, query.k, query.allowed)
+        return self.model.rank_liked(query.liked_rows, query.values, query.k, query.allowed)
+
+    def finish_liked(self, query: LikedQuery, result: Scored, explain: bool) -> Scored:
+        """The ranked list with its explanations and the cold slots."""
         if explain:
-            result = Scored(result.rows, result.scores, self.model.explain(result.rows, liked_rows, values))
+            because = self.model.explain(result.rows, query.liked_rows, query.values)
+            result = Scored(result.rows, result.scores, because)
         if self.cold_slots and self.cold is not None:
             scorer = self.cold.scorer
             scores = (
-                scorer.vector_scores(vector)
-                if vector is not None
-                else scorer.liked_scores(liked_rows, values)
+                scorer.vector_scores(query.vector)
+                if query.vector is not None
+                else scorer.liked_scores(query.liked_rows, query.values)
             )
-            cold_allowed = self._cold_allowed(self._cold_positions(known_rows), genres)
-            result = merge(result, self.cold.best(scores, min(self.cold_slots, k), cold_allowed), k)
+            cold_allowed = self._cold_allowed(self._cold_positions(query.known_rows), query.genres)
+            slots = min(self.cold_slots, query.k)
+            result = merge(result, self.cold.best(scores, slots, cold_allowed), query.k)
         return result
 
     def popular(self, k: int, genres: list[str], blocked_rows: np.ndarray) -> Scored:
@@ -244,6 +274,14 @@ class Engine:
         """Movies like this one, and how they were found: the model's item similarity for its own
         items, content similarity (genres, year, tags) for cold ones."""
         if catalogue_row < self.n_items:
+            if (
+                self.similar_rows is not None
+                and self.similar_scores is not None
+                and k <= self.similar_rows.shape[1]
+            ):
+                rows = self.similar_rows[catalogue_row]
+                listed = rows[:k] >= 0  # -1 only past the last other item of a tiny catalogue
+                return Scored(rows[:k][listed], self.similar_scores[catalogue_row, :k][listed]), self.kind
             return self.model.similar(catalogue_row, k), self.kind
         assert self.cold is not None
         return self.cold.similar(catalogue_row, k), "content"

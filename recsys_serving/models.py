@@ -143,6 +143,9 @@ class FactorModel:
     ):
         self.item_ids = item_ids
         self.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+        # vectors @ item_factors.T through a transposed view makes OpenBLAS repack the factors
+        # on every call: 2.4 ms for 4 vectors at 60k items x 32 factors, 1.0 ms from this copy.
+        self.item_factors_t = np.ascontiguousarray(self.item_factors.T)
         self.user_factors = np.ascontiguousarray(user_factors, dtype=np.float32)
         self.weighting, self.regularization, self.length_norm = weighting, regularization, length_norm
         self.n_items = len(item_ids)
@@ -193,11 +196,11 @@ class FactorModel:
         The filter travels into an approximate search as a bitmap selector, so a user's seen items
         (which ALS scores highest) cost nothing instead of having to be over-fetched and dropped.
         """
+        if self.scan_exactly:
+            return self.rank_vectors(vector[None, :], [k], [allowed])[0]
         take = min(k, int(allowed.sum()))
         if take == 0:
             return EMPTY
-        if self.scan_exactly:
-            return exact(self.item_factors @ vector, take, allowed)
         if self.row_labels:
             space = allowed
         else:
@@ -213,6 +216,24 @@ class FactorModel:
             return exact(self.item_factors @ vector, take, allowed)
         rows = labels if self.row_labels else lookup(self.item_ids, labels)
         return Scored(rows, scores)
+
+    def rank_vectors(self, vectors: np.ndarray, ks: list[int], allowed: list[np.ndarray]) -> list[Scored]:
+        """:meth:`rank_vector` of each row of ``vectors`` with its own k and allowed items. Behind a
+        flat index one matrix product scores them all, so the item factors are read from memory
+        once for the lot (the scan is bound by memory: 8 vectors cost 3x one, not 8x), and FAISS's
+        k-heaps select each row's best."""
+        if not self.scan_exactly:
+            return [self._search(v, k, a) for v, k, a in zip(vectors, ks, allowed, strict=True)]
+        scores = vectors @ self.item_factors_t
+        for row, permitted in zip(scores, allowed, strict=True):
+            np.putmask(row, ~permitted, -np.inf)
+        best = best_rows_each(scores, max(ks))
+        ranked = []
+        for row, k in enumerate(ks):
+            rows = best[row, :k]
+            rows = rows[rows >= 0]
+            ranked.append(Scored(rows, scores[row, rows]))
+        return ranked
 
     def explain(self, rows: np.ndarray, liked_rows: np.ndarray, values: np.ndarray) -> list[int | None]:
         """For each recommended item, the liked item with the largest share of its ALS score.
@@ -243,6 +264,12 @@ class FactorModel:
         cosine = self.unit_factors @ self.unit_factors[item_row]
         cosine[item_row] = -np.inf
         return exact(cosine, k)
+
+    def similar_lists(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every item's ``n`` most similar items as :meth:`similar` ranks them, in item blocks."""
+        return top_unseen(
+            _ItemCosines(self.unit_factors), self.n_items, self.n_items, _itself(self.n_items), n
+        )
 
 
 class ItemItemModel:
@@ -364,6 +391,22 @@ def searchable(
         ef = inner.hnsw.efSearch
         return index, row_labels, lambda sel: faiss.SearchParametersHNSW(sel=sel, efSearch=ef)  # type: ignore[attr-defined]
     return index, row_labels, lambda sel: faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
+
+
+class _ItemCosines:
+    """Items in the place of users: each item's cosines to every item (for :func:`top_unseen`)."""
+
+    def __init__(self, unit_factors: np.ndarray):
+        self.unit_factors = unit_factors
+
+    def user_scores(self, start: int, stop: int) -> np.ndarray:
+        scores: np.ndarray = self.unit_factors[start:stop] @ self.unit_factors.T
+        return scores
+
+
+def _itself(n_items: int) -> sp.csr_matrix:
+    """Each item "has seen" only itself: similar lists leave the item out."""
+    return sp.identity(n_items, dtype=np.float32, format="csr")
 
 
 def top_unseen(

@@ -286,6 +286,28 @@ def exact_order(scores: np.ndarray, k: int) -> list[int]:
     return [int(r) for r in order[: min(k, int(np.isfinite(scores).sum()))]]
 
 
+def test_precomputed_similar_movies_rank_like_exact_cosines(bundles) -> None:
+    """An ALS bundle carries each movie's most similar movies; served from them (k within the
+    lists) or computed (k beyond them, or without the lists), /similar is the exact cosine top-k,
+    the movie itself left out."""
+    bundle = load_bundle(bundles["a"])
+    assert bundle.similar_rows is not None and bundle.similar_scores is not None
+    width = bundle.similar_rows.shape[1]
+    unit = bundle.item_factors / np.linalg.norm(bundle.item_factors, axis=1, keepdims=True)
+    precomputed, computed = Engine(bundle), Engine(bundle, use_precomputed=False)
+    assert computed.similar_rows is None
+    for row in range(0, len(bundle.item_ids), 5):
+        cosine = unit @ unit[row]
+        cosine[row] = -np.inf
+        for k in (1, 10, width, width + 15):
+            expected = np.sort(cosine)[::-1][:k]
+            for engine in (precomputed, computed):
+                got, strategy = engine.similar(row, k)
+                assert strategy == "als" and row not in got.rows.tolist()
+                np.testing.assert_allclose(got.scores, expected, rtol=1e-4, atol=1e-5)
+                np.testing.assert_allclose(np.sum(unit[got.rows] * unit[row], axis=1), got.scores, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["ease", "item_knn"])
 def test_item_item_kinds_serve_their_saved_matrix_exactly(bundles, kind: str) -> None:
     """Known users (precomputed and computed), filters, exact k, explanations, cold start and

@@ -110,6 +110,11 @@ def refresh_bundle(root: Path, base: Bundle, movies: pl.DataFrame, cold: ColdIte
         if base.top_rows is not None and base.top_scores is not None
         else None
     )
+    similar_lists = (
+        (base.similar_rows, base.similar_scores)
+        if base.similar_rows is not None and base.similar_scores is not None
+        else None
+    )
     return write_bundle(
         root,
         kind=base.kind,
@@ -129,5 +134,6 @@ def refresh_bundle(root: Path, base: Bundle, movies: pl.DataFrame, cold: ColdIte
         item_similarity=base.item_similarity,
         binary_input=base.binary_input,
         top_lists=top_lists,
+        similar_lists=similar_lists,
         cold=cold,
     )

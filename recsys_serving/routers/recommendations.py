@@ -96,7 +96,8 @@ def router(settings: ServingSettings) -> APIRouter:
     ) -> Response:
         # Without a request key, a cold-start request is assigned by its client address.
         key = x_request_key or (request.client.host if request.client else "unknown")
-        current, assignment = split_engine(service_of(request), f"request:{key}")
+        service = service_of(request)
+        current, assignment = split_engine(service, f"request:{key}")
         limit = settings.max_list_items
         check_length(body.liked, "liked", limit, "body")
         check_length(body.genres, "genres", limit, "body")
@@ -106,10 +107,12 @@ def router(settings: ServingSettings) -> APIRouter:
         unknown = sorted({m for m, row in zip(body.liked, rows.tolist(), strict=True) if row < 0})
         known = np.unique(rows[rows >= 0])
         if not (known < current.n_items).any():
-            service_of(request).metrics.fallbacks.labels("no_known_liked").inc()
+            service.metrics.fallbacks.labels("no_known_liked").inc()
             scored, strategy = current.popular(body.k, body.genres, known), "popular_fallback"
         else:
-            scored, strategy = current.recommend_liked(known, body.k, body.genres, body.explain), "fold_in"
+            query = current.liked_query(known, body.k, body.genres)
+            ranked = await service.searches.rank_liked(current, query)
+            scored, strategy = current.finish_liked(query, ranked, body.explain), "fold_in"
         return movie_list(
             request,
             current,

@@ -298,12 +298,11 @@ def main() -> None:
         movies = rng.choice(bundle.item_ids, size=min(500, len(bundle.item_ids)), replace=False)
         known = "GET /users/{id}/recommendations"
         similar = "GET /movies/{id}/similar"
+        explained = "  ... &explain=true"
         routes = {
             "/health": [_raw("GET", "/health", None)],
             known: [_raw("GET", f"/users/{u}/recommendations?k=10", None) for u in users],
-            "  ... &explain=true": [
-                _raw("GET", f"/users/{u}/recommendations?k=10&explain=true", None) for u in users
-            ],
+            explained: [_raw("GET", f"/users/{u}/recommendations?k=10&explain=true", None) for u in users],
             "POST /recommendations (5 liked)": [
                 _raw("POST", "/recommendations", {"liked": rng.choice(movies, 5).tolist(), "k": 10})
                 for _ in range(300)
@@ -329,7 +328,7 @@ def main() -> None:
         with serving(work, RECSYS_PRECOMPUTED_LISTS="false") as port:
             searched = measure(
                 port,
-                {"/health": routes["/health"], known: routes[known], similar: routes[similar]},
+                {name: routes[name] for name in ("/health", known, explained, similar)},
                 args.concurrency,
                 args.seconds,
                 args.rounds,

@@ -17,6 +17,8 @@ Layout of ``<bundle_root>/<version>/``; ``manifest.json`` names the model kind (
     top_rows.npy         optional, int32 [n_users, n]: each user's n best unseen items (item rows,
                          best first, -1 past the end when fewer are unseen), ranked exactly
     top_scores.npy       optional, float32 [n_users, n]: their scores
+    top_because.npy      with them (format 5): int32 [n_users, n], the liked item that explains
+                         each entry as ``explain=true`` does (-1 past the end)
   als only:
     similar_rows.npy     with precomputed lists: int32 [n_items, n], each item's n most similar
     similar_scores.npy   items (cosine of the factors, itself excluded) and their float32 scores
@@ -62,9 +64,9 @@ import polars as pl
 import scipy.sparse as sp
 
 from .confidence import Weighting
-from .models import KINDS, ColdScorer, FactorModel, ItemItemModel, Model, top_unseen
+from .models import KINDS, ColdScorer, FactorModel, ItemItemModel, Model, explained_lists, top_unseen
 
-# 5: precomputed similar movies (ALS); 4: optional cold items; 3: model kinds (als, ease, item_knn);
+# 5: precomputed similar movies (ALS) and explanations of the users' lists; 4: optional cold items; 3: model kinds (als, ease, item_knn);
 # 2: ALS only
 FORMAT_VERSION = 5
 READABLE_FORMATS = (2, 3, 4, 5)
@@ -84,7 +86,9 @@ COLD_KIND_FILES = {
     "item_knn": "cold_similarity.npz",
 }
 SIMILAR_LISTS = ("similar_rows.npy", "similar_scores.npy")
-OPTIONAL_FILES = ("top_rows.npy", "top_scores.npy", "bm25_length_norm.npy", "held_out.npz", *SIMILAR_LISTS)
+OPTIONAL_FILES = (
+    "top_rows.npy", "top_scores.npy", "top_because.npy", "bm25_length_norm.npy", "held_out.npz", *SIMILAR_LISTS
+)  # fmt: skip
 # Ranked lists stored as a rows file and a scores file of one shape, always written together.
 LIST_PAIRS = (("top_rows.npy", "top_scores.npy"), SIMILAR_LISTS, COLD_LISTS)
 
@@ -133,6 +137,7 @@ class Bundle:
     weighting: Weighting = field(default_factory=Weighting)
     top_rows: np.ndarray | None = None
     top_scores: np.ndarray | None = None
+    top_because: np.ndarray | None = None
     similar_rows: np.ndarray | None = None
     similar_scores: np.ndarray | None = None
     cold: ColdItems | None = None
@@ -224,6 +229,7 @@ def write_bundle(
     top_n: int = 0,
     cold: ColdItems | None = None,
     top_lists: tuple[np.ndarray, np.ndarray] | None = None,
+    top_because: np.ndarray | None = None,
     similar_lists: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Path:
     """Write a new bundle of ``kind`` under ``root`` and return its directory (named by its version).
@@ -232,7 +238,8 @@ def write_bundle(
     item-item kinds need ``item_similarity`` and whether their input is binary. With ``top_n`` > 0
     each user's best ``top_n`` unseen items are ranked here, once, so a server answers a known
     user's plain request by slicing an array; for ALS so are each item's ``top_n`` most similar
-    items (a dense scan of the catalogue per request otherwise). ``top_lists`` and
+    items (a dense scan of the catalogue per request otherwise), and for every kind the liked movie
+    that explains each entry of the users' lists. ``top_lists``, ``top_because`` and
     ``similar_lists`` reuse lists ranked before (a bundle made from another's parts).
     """
     if kind not in KINDS:
@@ -303,6 +310,9 @@ def write_bundle(
         if top_n > 0:
             np.save(staging / "top_rows.npy", top_rows)
             np.save(staging / "top_scores.npy", top_scores)
+            if top_because is None:
+                top_because = explained_lists(model, top_rows, liked.tocsr().astype(np.float32))
+            np.save(staging / "top_because.npy", top_because)
             if isinstance(model, FactorModel):  # item-item kinds read a sparse row: nothing to save
                 similar_rows, similar_scores = similar_lists or model.similar_lists(top_n)
                 np.save(staging / "similar_rows.npy", similar_rows)
@@ -439,6 +449,8 @@ def verify_bundle(path: Path) -> dict[str, Any]:
     for rows, scores in LIST_PAIRS:
         if (rows in listed) != (scores in listed):
             raise BundleError(f"{path}: {rows} and {scores} come together")
+    if "top_because.npy" in listed and "top_rows.npy" not in listed:
+        raise BundleError(f"{path}: top_because.npy explains top_rows.npy, which is missing")
     cold = {*COLD_FILES, COLD_KIND_FILES[kind]}
     if (cold | set(COLD_LISTS)) & set(listed) and not cold <= set(listed):
         raise BundleError(f"{path}: cold items need all of {', '.join(sorted(cold))}")
@@ -477,6 +489,7 @@ def load_bundle(path: Path) -> Bundle:
         weighting=Weighting(**manifest["fold_in"]["weighting"]),
         top_rows=optional("top_rows.npy"),
         top_scores=optional("top_scores.npy"),
+        top_because=optional("top_because.npy"),
         similar_rows=optional("similar_rows.npy"),
         similar_scores=optional("similar_scores.npy"),
         cold=_read_cold(path, listed),
@@ -492,6 +505,9 @@ def load_bundle(path: Path) -> Bundle:
             raise BundleError(f"{path}: {name}_rows and {name}_scores differ in shape")
         if rows.shape[0] != expected:
             raise BundleError(f"{path}: {name}_rows has {rows.shape[0]} rows, expected {expected}")
+    top_shape = None if bundle.top_rows is None else bundle.top_rows.shape
+    if bundle.top_because is not None and bundle.top_because.shape != top_shape:
+        raise BundleError(f"{path}: top_because and top_rows differ in shape")
     if bundle.index is not None and bundle.index.ntotal != n_items:
         raise BundleError(f"{path}: index holds {bundle.index.ntotal} vectors, expected {n_items}")
     if bundle.item_similarity is not None and bundle.item_similarity.shape != (n_items, n_items):

@@ -50,6 +50,7 @@ class Engine:
         self.liked = bundle.liked
         self.top_rows = bundle.top_rows if use_precomputed else None
         self.top_scores = bundle.top_scores if use_precomputed else None
+        self.top_because = bundle.top_because if use_precomputed else None
         self.similar_rows = bundle.similar_rows if use_precomputed else None
         self.similar_scores = bundle.similar_scores if use_precomputed else None
 
@@ -138,9 +139,10 @@ class Engine:
         return catalogue_rows[catalogue_rows >= self.n_items] - self.n_items
 
     def _precomputed(
-        self, user_row: int, k: int, exclude_rows: np.ndarray, genres: list[str]
+        self, user_row: int, k: int, exclude_rows: np.ndarray, genres: list[str], explain: bool
     ) -> Scored | None:
-        """The user's list ranked at packaging time, filtered; None when it cannot answer.
+        """The user's list ranked at packaging time, filtered (with its explanations when asked
+        and the bundle has them); None when it cannot answer.
 
         The list is the exact top of the user's unseen items, so its first k allowed entries are
         the answer whenever k of them survive the filters, or when it holds every unseen item
@@ -149,20 +151,23 @@ class Engine:
         if self.top_rows is None or self.top_scores is None or k > self.top_rows.shape[1]:
             return None
         rows, scores = self.top_rows[user_row], self.top_scores[user_row]
-        complete = rows[-1] < 0
+        because = self.top_because[user_row] if explain and self.top_because is not None else None
+        keep = None
         if exclude_rows.size or genres:
             keep = rows >= 0
             if exclude_rows.size:
                 keep &= ~np.isin(rows, exclude_rows)
             if genres:
                 keep &= self._of_genres(genres)[rows]
-            rows, scores = rows[keep], scores[keep]
-            if rows.size < k and not complete:
+            if int(keep.sum()) < k and rows[-1] >= 0:  # too few left, and more exist beyond the list
                 return None
-        elif complete:
-            scores = scores[rows >= 0]
-            rows = rows[rows >= 0]
-        return Scored(rows[:k], scores[:k])
+        elif rows[-1] < 0:
+            keep = rows >= 0
+        if keep is not None:
+            rows, scores = rows[keep], scores[keep]
+            because = None if because is None else because[keep]
+        explained = None if because is None else [None if j < 0 else int(j) for j in because[:k]]
+        return Scored(rows[:k], scores[:k], explained)
 
     def seen_rows(self, user_row: int) -> np.ndarray:
         rows: np.ndarray = self.seen.indices[self.seen.indptr[user_row] : self.seen.indptr[user_row + 1]]
@@ -184,12 +189,12 @@ class Engine:
     ) -> Scored:
         """``exclude_rows`` are catalogue rows (the model's and cold ones)."""
         warm_excluded = exclude_rows[exclude_rows < self.n_items] if self.cold else exclude_rows
-        result = self._precomputed(user_row, k, warm_excluded, genres)
+        result = self._precomputed(user_row, k, warm_excluded, genres, explain)
         if result is None:
             allowed = self._allowed(self.seen_rows(user_row), genres)
             allowed[warm_excluded] = False
             result = self.model.rank_user(user_row, k, allowed)
-        if explain:
+        if explain and result.because is None:
             start, end = self.liked.indptr[user_row], self.liked.indptr[user_row + 1]
             liked = self.liked.indices[start:end], self.liked.data[start:end]
             result = Scored(result.rows, result.scores, self.model.explain(result.rows, *liked))

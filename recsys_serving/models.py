@@ -409,6 +409,20 @@ def _itself(n_items: int) -> sp.csr_matrix:
     return sp.identity(n_items, dtype=np.float32, format="csr")
 
 
+def explained_lists(model: Model, top_rows: np.ndarray, liked: sp.csr_matrix) -> np.ndarray:
+    """Each user's precomputed list explained as ``explain=true`` explains it per request (the
+    model's own ``explain`` on the user's liked row): the liked item row behind each entry, -1
+    past the end of the list or for a user without liked items."""
+    because = np.full(top_rows.shape, -1, dtype=np.int32)
+    for user, rows in enumerate(top_rows):
+        listed = rows[rows >= 0]
+        start, end = liked.indptr[user], liked.indptr[user + 1]
+        if listed.size and end > start:
+            found = model.explain(listed, liked.indices[start:end], liked.data[start:end])
+            because[user, : listed.size] = [-1 if j is None else j for j in found]
+    return because
+
+
 def top_unseen(
     model: UserScores, n_users: int, n_items: int, seen: sp.csr_matrix, n: int, chunk_users: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:

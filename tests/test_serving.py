@@ -246,7 +246,8 @@ def request_cases(rng: np.random.Generator, n_items: int, genre: str) -> list[tu
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
 def test_precomputed_lists_and_every_index_kind_rank_like_exact_scores(bundles, kind: str) -> None:
     """Known users are answered from the bundle's precomputed lists when filters allow, else by a
-    filtered index search; both must give the exact top-k of the allowed unseen items."""
+    filtered index search; both must give the exact top-k of the allowed unseen items, explained
+    as the model explains those items for the user's liked movies."""
     bundle = load_bundle(bundles["a"])
     n_items = len(bundle.item_ids)
     # nprobe = nlist and a wide beam make the approximate indexes exact enough to compare.
@@ -265,10 +266,12 @@ def test_precomputed_lists_and_every_index_kind_rank_like_exact_scores(bundles, 
             if genres:
                 scores[~precomputed.genre_masks[genre]] = -np.inf
             expected = np.sort(scores[np.isfinite(scores)])[::-1][:k]
+            liked = bundle.liked[user_row]
             for engine in (precomputed, searched):
-                got = engine.recommend_user(user_row, k, excluded, genres, False)
+                got = engine.recommend_user(user_row, k, excluded, genres, True)
                 np.testing.assert_allclose(got.scores, expected, rtol=1e-4, atol=1e-5)
                 assert not set(got.rows.tolist()) & set(bundle.seen[user_row].indices.tolist())
+                assert got.because == engine.model.explain(got.rows, liked.indices, liked.data)
 
 
 def brute_force(bundle, inputs: np.ndarray) -> np.ndarray:

@@ -134,6 +134,7 @@ def refresh_bundle(root: Path, base: Bundle, movies: pl.DataFrame, cold: ColdIte
         item_similarity=base.item_similarity,
         binary_input=base.binary_input,
         top_lists=top_lists,
+        top_because=base.top_because,
         similar_lists=similar_lists,
         cold=cold,
     )

@@ -11,7 +11,7 @@ worker) on 127.0.0.1, and drives it with a bounded keep-alive load generator at 
 concurrency, each route in rounds paired with a /health run just before it. Prints requests/s
 and p50/p95/p99 per route with the median paired ratio to /health, then re-runs known-user
 recommendations paced at half their measured throughput to report p99 under moderate load, and
-measures known users and similar movies again on a server that computes their lists instead of using the
+measures known users (plain and explained) and similar movies again on a server that computes them instead of using the
 precomputed ones, then known users and cold start with an A/B experiment running, and finally
 with no cold slots (RECSYS_COLD_SLOTS=0):
 the bundle is built as the pipeline builds it, cold items (movies the model does not score)
@@ -322,7 +322,7 @@ def main() -> None:
             paced = asyncio.run(
                 drive(port, routes[known], args.concurrency, args.seconds, rate=results[known]["rps"] / 2)
             )
-        # The same known-user and similar-movie requests computed (a scan of the item factors for
+        # The same known-user (plain and explained) and similar-movie requests computed (a scan of the item factors for
         # ALS, the liked row times the matrix for item-item kinds) instead of read from the
         # precomputed lists, against a /health measured on that server too.
         with serving(work, RECSYS_PRECOMPUTED_LISTS="false") as port:
@@ -371,7 +371,7 @@ def main() -> None:
         *results.items(),
         *(
             (f"{name}, computed (RECSYS_PRECOMPUTED_LISTS=false)", searched[name])
-            for name in (known, similar)
+            for name in (known, explained, similar)
         ),
     ]
     for name, r in rows:

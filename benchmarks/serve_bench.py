@@ -307,6 +307,11 @@ def main() -> None:
                 _raw("POST", "/recommendations", {"liked": rng.choice(movies, 5).tolist(), "k": 10})
                 for _ in range(300)
             ],
+            # The same route with nothing to fold in (an unknown movie: the popularity fallback):
+            # what the route costs without its search, the ceiling for a cold start.
+            "POST /recommendations (no known movie)": [
+                _raw("POST", "/recommendations", {"liked": [-1 - int(m)], "k": 10}) for m in movies[:50]
+            ],
             similar: [_raw("GET", f"/movies/{m}/similar?k=10", None) for m in movies],
             "GET /popular": [_raw("GET", "/popular?k=10", None)],
         }

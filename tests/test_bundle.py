@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -196,4 +197,33 @@ def test_files_the_manifest_does_not_list_are_refused(tmp_path: Path) -> None:
     manifest["files"]["item_factors.npy"] = "0" * 64
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="unexpected files for a ease bundle: item_factors.npy"):
+        load_bundle(path)
+
+
+def _relist(path: Path, changes: dict[str, np.ndarray | None]) -> None:
+    """Rewrite (or drop, for None) files of a bundle and list them with their real hashes, as a
+    faulty writer would: only the loader's consistency checks can catch what follows."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    for name, array in changes.items():
+        if array is None:
+            (path / name).unlink()
+            del manifest["files"][name]
+        else:
+            np.save(path / name, array)
+            manifest["files"][name] = hashlib.sha256((path / name).read_bytes()).hexdigest()
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_precomputed_lists_must_match_their_explanations(tmp_path: Path) -> None:
+    path = _write_item_item(tmp_path)
+    bundle = load_bundle(path)
+    assert bundle.top_because is not None and bundle.top_because.shape == bundle.top_rows.shape
+    _relist(path, {"top_because.npy": bundle.top_because[:, :-1]})
+    with pytest.raises(BundleError, match="top_because and top_rows differ in shape"):
+        load_bundle(path)
+    _relist(path, {"top_rows.npy": None, "top_scores.npy": None})
+    with pytest.raises(BundleError, match="top_because.npy explains top_rows.npy, which is missing"):
+        load_bundle(path)
+    _relist(path, {"top_rows.npy": bundle.top_rows})
+    with pytest.raises(BundleError, match="top_rows.npy and top_scores.npy come together"):
         load_bundle(path)

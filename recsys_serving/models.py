@@ -224,6 +224,11 @@ class FactorModel:
         k-heaps select each row's best."""
         if not self.scan_exactly:
             return [self._search(v, k, a) for v, k, a in zip(vectors, ks, allowed, strict=True)]
+        if len(vectors) == 1:
+            # Alone, a matrix-vector product and a partition beat the k-heaps' set-up on small
+            # catalogues (0.04 against 0.12 ms at 500 items) and match them at 60k items.
+            take = min(ks[0], int(allowed[0].sum()))
+            return [exact(self.item_factors @ vectors[0], take, allowed[0]) if take else EMPTY]
         scores = vectors @ self.item_factors_t
         for row, permitted in zip(scores, allowed, strict=True):
             np.putmask(row, ~permitted, -np.inf)

@@ -66,8 +66,8 @@ import scipy.sparse as sp
 from .confidence import Weighting
 from .models import KINDS, ColdScorer, FactorModel, ItemItemModel, Model, explained_lists, top_unseen
 
-# 5: precomputed similar movies (ALS) and explanations of the users' lists; 4: optional cold items; 3: model kinds (als, ease, item_knn);
-# 2: ALS only
+# 5: precomputed similar movies (ALS) and explanations of the users' lists; 4: optional cold
+# items; 3: model kinds (als, ease, item_knn); 2: ALS only
 FORMAT_VERSION = 5
 READABLE_FORMATS = (2, 3, 4, 5)
 MANIFEST = "manifest.json"

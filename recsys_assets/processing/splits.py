@@ -7,7 +7,7 @@ from typing import Literal
 
 import polars as pl
 
-from .frames import iso_time, time_range
+from .frames import iso_time, number, time_range
 
 SPLIT_NAMES = ("train", "validation", "test")
 Strategy = Literal["global_cutoff", "leave_last_n"]
@@ -40,8 +40,8 @@ def temporal_split(interactions: pl.DataFrame, rules: SplitRules) -> dict[str, p
         raise ValueError("cannot split: there are no interactions")
     if rules.strategy == "global_cutoff":
         ts = interactions["timestamp"]
-        test_start = int(ts.quantile(1 - rules.test_fraction, "lower") or 0)
-        val_start = int(ts.quantile(1 - rules.test_fraction - rules.validation_fraction, "lower") or 0)
+        test_start = int(number(ts.quantile(1 - rules.test_fraction, "lower")))
+        val_start = int(number(ts.quantile(1 - rules.test_fraction - rules.validation_fraction, "lower")))
         label = (
             pl.when(pl.col("timestamp") >= test_start)
             .then(pl.lit("test"))

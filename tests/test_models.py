@@ -19,7 +19,13 @@ from recsys_assets.modeling.tuning import SearchSpace, search
 from recsys_assets.processing.interactions import InteractionRules, build_interactions
 from recsys_assets.processing.splits import SplitRules, temporal_split
 from recsys_assets.sources.synthetic import SyntheticConfig, generate
-from recsys_serving.confidence import Weighting, confidence_matrix, fold_in, item_length_norm
+from recsys_serving.confidence import (
+    Weighting,
+    confidence_matrix,
+    fold_in,
+    item_length_norm,
+    solve_positive,
+)
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +115,16 @@ def test_pruned_trials_stop_early_and_are_recorded(synthetic_splits) -> None:
     assert pruned, "the median pruner stopped nothing"
     assert all(t.iterations < space.iterations for t in pruned)
     assert all(t.iterations == space.iterations for t in trials if t.state == "complete")
+
+
+def test_positive_solver_equals_the_general_one_and_falls_back_when_not_positive() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(50, 8))
+    positive = y.T @ y + 0.1 * np.eye(8)
+    indefinite = positive - 2 * np.linalg.eigvalsh(positive).max() * np.outer(np.eye(8)[0], np.eye(8)[0])
+    for a in (positive, indefinite):
+        for b in (rng.normal(size=8), rng.normal(size=(8, 3))):
+            np.testing.assert_allclose(solve_positive(a, b), np.linalg.solve(a, b), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("scheme", ["linear", "log", "bm25"])

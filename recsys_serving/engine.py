@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .bundle import Bundle, popularity_order
 from .cold import ColdCatalogue, merge
@@ -293,5 +294,9 @@ class Engine:
 
 
 def limit_threads() -> None:
-    """One OpenMP thread per FAISS search: under a web server, threads only add latency."""
+    """One thread per FAISS search and per BLAS product: a request's products are small, and under
+    a web server helper threads only add hand-off latency and take cores from other requests
+    (numpy's OpenBLAS defaulted to every core: the cold-start scan spent a quarter of the server's
+    time in a 4 x 4096 product, py-spy in benchmarks/serve_bench.py's run)."""
     faiss.omp_set_num_threads(1)
+    threadpool_limits(1, user_api="blas")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Header, HTTPException, Request
 
 from .batching import SearchBatcher
 from .engine import Engine
@@ -76,9 +76,6 @@ def split_engine(service: Service, key: object) -> tuple[Engine, Assignment | No
 
 def current_engine(request: Request) -> Engine:
     return serving_engine(service_of(request))
-
-
-Served = Annotated[Engine, Depends(current_engine)]
 
 
 def require_admin(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> None:

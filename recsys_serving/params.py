@@ -1,16 +1,19 @@
 """Input parsing with one error shape: every 422 is FastAPI's list of ``{type, loc, msg, input}``.
 
-Hot GET routes parse their query strings here: FastAPI's per-parameter validation costs more
-than the recommendation itself (measured in benchmarks/serve_bench.py).
+Hot routes parse their query strings and bodies here: FastAPI's per-parameter validation and
+dependency resolution cost more than the recommendation itself (measured in
+benchmarks/serve_bench.py).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
+import orjson
 from fastapi import HTTPException, Request
+from pydantic import BaseModel, ValidationError
 
 from .engine import Engine
 from .schemas import INT64_MAX, INT64_MIN
@@ -20,6 +23,7 @@ QueryParam = tuple[str, str, dict[str, Any], bool, str]
 ID_LIST = re.compile(r"^(-?\d+(,-?\d+)*)?$")
 ID_SCHEMA: dict[str, Any] = {"type": "integer", "format": "int64", "minimum": 1, "maximum": INT64_MAX}
 ID_LIST_SCHEMA: dict[str, Any] = {"type": "string", "pattern": ID_LIST.pattern}
+Body = TypeVar("Body", bound=BaseModel)
 
 
 def invalid(field: str, where: str, message: str, value: object) -> HTTPException:
@@ -110,8 +114,28 @@ def k_param(max_k: int) -> QueryParam:
     return ("k", "query", schema, False, f"number of movies, 1-{max_k} (default 10)")
 
 
+def parse_body(model: type[Body], raw: bytes) -> Body:
+    """A JSON request body validated by ``model`` (whatever the Content-Type says: a client that
+    forgets it still gets its answer). Invalid JSON or values are a 422 listing each error at
+    ``["body", ...field path]``, as FastAPI reports them."""
+    try:
+        # Bytes that are not UTF-8 (JSON is UTF-8) become U+FFFD: an error names them readably.
+        return model.model_validate_json(raw.decode("utf-8", errors="replace"))
+    except ValidationError as exc:
+        errors = orjson.loads(exc.json(include_url=False))
+        raise HTTPException(
+            422, detail=[{**error, "loc": ["body", *error["loc"]]} for error in errors]
+        ) from None
+
+
+def request_body_docs(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that parses its own (:func:`parse_body`)."""
+    schema = model.model_json_schema()
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 def query_docs(*params: QueryParam) -> dict[str, Any]:
-    """OpenAPI parameters for routes that parse their own query strings."""
+    """OpenAPI parameters for routes that parse their own query strings (and headers)."""
     return {
         "parameters": [
             {"name": name, "in": where, "required": required, "schema": schema, "description": text}

@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 import pytest
 import schemathesis
+from fastapi import APIRouter, Request
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -33,6 +34,7 @@ from recsys_serving.bundle import load_bundle
 from recsys_serving.engine import NO_ROWS, Engine
 from recsys_serving.promotion import promote
 from recsys_serving.request_log import RequestIds, RequestLog, RequestRecord
+from recsys_serving.routers.direct import DirectRoute
 
 
 @pytest.fixture
@@ -170,6 +172,35 @@ def test_bad_input_is_rejected_naming_the_field(served, method, path, payload, s
     assert isinstance(detail, list) and detail
     assert all({"type", "loc", "msg", "input"} <= set(error) for error in detail)
     assert names in [str(part) for error in detail for part in error["loc"]]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "error_type", "loc"),
+    [
+        (b"not json", "application/json", 422, "json_invalid", ["body"]),
+        (b'{"liked": [1],}', "application/json", 422, "json_invalid", ["body"]),
+        (b"\xff\xfe{}", "application/json", 422, "json_invalid", ["body"]),  # not UTF-8: was a 500
+        (b"[1, 2]", "application/json", 422, "model_type", ["body"]),
+        (b'{"liked": [1, "2"]}', "application/json", 422, "int_type", ["body", "liked", 1]),
+        (b'{"liked": [1], "k": 3.0}', "application/json", 422, "int_type", ["body", "k"]),
+        (b'{"liked": [1], "explain": 1}', "application/json", 422, "bool_type", ["body", "explain"]),
+        (b'{"liked": [1], "k": 2}', None, 200, None, None),  # a client that forgets the header
+        (b'{"liked": [1], "k": 2}', "text/plain", 200, None, None),
+    ],
+)
+def test_cold_start_body_errors_name_the_problem(served, body, content_type, status, error_type, loc) -> None:
+    """The cold-start route parses its own body: every error is FastAPI's 422 shape, located in
+    the body, and a JSON body is read whatever the Content-Type says."""
+    client, _ = served
+    headers = {"content-type": content_type} if content_type else {}
+    response = client.post("/recommendations", content=body, headers=headers)
+    assert response.status_code == status, response.text
+    if status == 200:
+        assert len(response.json()["items"]) == 2
+        return
+    (error,) = response.json()["detail"]
+    assert {"type", "loc", "msg", "input"} <= set(error)
+    assert (error["type"], error["loc"]) == (error_type, loc)
 
 
 def test_oversized_body_is_refused_declared_or_chunked(served) -> None:
@@ -546,3 +577,17 @@ def fuzz(operation, mode: GenerationMode, excluded: list) -> None:
         case.call_and_validate(excluded_checks=excluded)
 
     run()
+
+
+def test_a_direct_route_refuses_parameters_it_would_never_resolve() -> None:
+    """DirectRoute calls the endpoint with the request alone: a declared parameter or dependency
+    would silently never be filled, so declaring one fails when the app is built."""
+    routes = APIRouter(route_class=DirectRoute)
+
+    async def fine(request: Request) -> None: ...
+
+    async def with_query(request: Request, k: int = 10) -> None: ...
+
+    routes.get("/fine")(fine)
+    with pytest.raises(TypeError, match="takes only the Request.*k"):
+        routes.get("/k")(with_query)

@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from fastapi import APIRouter, HTTPException, Request
-from fastapi import Path as PathParam
 from fastapi.responses import Response
 
-from ..deps import Served, current_engine
+from ..deps import current_engine
 from ..engine import NO_ROWS
 from ..params import ID_SCHEMA, k_param, parse_genres, parse_id, parse_k, query, query_docs
 from ..responses import NOT_FOUND, REJECTED, JSONResponse, movie_list
-from ..schemas import INT64_MAX, MovieResponse, PopularMovies, SimilarMovies
+from ..schemas import MovieResponse, PopularMovies, SimilarMovies
 from ..settings import ServingSettings
+from .direct import DirectRoute
 
 
 def router(settings: ServingSettings) -> APIRouter:
-    routes = APIRouter(tags=["movies"])
+    routes = APIRouter(tags=["movies"], route_class=DirectRoute)
 
     def not_in_catalogue(movie_id: int) -> HTTPException:
         return HTTPException(404, detail=f"movie {movie_id} is not in the catalogue")
 
-    @routes.get("/movies/{movie_id}", response_model=MovieResponse, responses=NOT_FOUND)
-    async def get_movie(current: Served, movie_id: Annotated[int, PathParam(ge=1, le=INT64_MAX)]) -> Response:
+    @routes.get(
+        "/movies/{movie_id}",
+        response_model=MovieResponse,
+        responses=NOT_FOUND,
+        openapi_extra=query_docs(("movie_id", "path", ID_SCHEMA, True, "the movie")),
+    )
+    async def get_movie(request: Request) -> Response:
+        current = current_engine(request)
+        movie_id = parse_id(request.path_params["movie_id"], "movie_id")
         row = current.catalogue_row(movie_id)
         if row is None:
             raise not_in_catalogue(movie_id)

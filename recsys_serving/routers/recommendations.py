@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import numpy as np
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from ..deps import service_of, split_engine
@@ -17,6 +15,7 @@ from ..params import (
     check_k,
     check_length,
     k_param,
+    parse_body,
     parse_bool,
     parse_genres,
     parse_id,
@@ -24,14 +23,16 @@ from ..params import (
     parse_k,
     query,
     query_docs,
+    request_body_docs,
 )
 from ..responses import REJECTED, movie_list
-from ..schemas import ColdStartRequest, ErrorMessage, Recommendations
+from ..schemas import ColdStartRequest, Recommendations
 from ..settings import ServingSettings
+from .direct import DirectRoute
 
 
 def router(settings: ServingSettings) -> APIRouter:
-    routes = APIRouter(tags=["recommendations"])
+    routes = APIRouter(tags=["recommendations"], route_class=DirectRoute)
 
     @routes.get(
         "/users/{user_id}/recommendations",
@@ -85,17 +86,24 @@ def router(settings: ServingSettings) -> APIRouter:
     @routes.post(
         "/recommendations",
         response_model=Recommendations,
-        responses={400: {"model": ErrorMessage, "description": "the body is not JSON"}, **REJECTED},
+        responses=REJECTED,
+        openapi_extra={
+            **query_docs(
+                (
+                    "x-request-key",
+                    "header",
+                    {"type": "string"},
+                    False,
+                    "splits cold-start requests in an A/B test",
+                )
+            ),
+            **request_body_docs(ColdStartRequest),
+        },
     )
-    async def recommend_cold_start(
-        request: Request,
-        body: ColdStartRequest,
-        x_request_key: Annotated[
-            str | None, Header(description="splits cold-start requests in an A/B test")
-        ] = None,
-    ) -> Response:
+    async def recommend_cold_start(request: Request) -> Response:
+        body = parse_body(ColdStartRequest, await request.body())
         # Without a request key, a cold-start request is assigned by its client address.
-        key = x_request_key or (request.client.host if request.client else "unknown")
+        key = request.headers.get("x-request-key") or (request.client.host if request.client else "unknown")
         service = service_of(request)
         current, assignment = split_engine(service, f"request:{key}")
         limit = settings.max_list_items

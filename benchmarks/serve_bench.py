@@ -296,6 +296,10 @@ def main() -> None:
         rng = np.random.default_rng(0)
         users = rng.choice(bundle.user_ids, size=min(500, len(bundle.user_ids)), replace=False)
         movies = rng.choice(bundle.item_ids, size=min(500, len(bundle.item_ids)), replace=False)
+        # New users mostly like movies many people have seen: liked movies drawn the way the
+        # training ratings fall on movies (the uniform draw above is the hard case for the search).
+        ratings_per_movie = np.bincount(bundle.seen.indices, minlength=len(bundle.item_ids))
+        by_popularity = ratings_per_movie / ratings_per_movie.sum()
         known = "GET /users/{id}/recommendations"
         similar = "GET /movies/{id}/similar"
         explained = "  ... &explain=true"
@@ -305,6 +309,17 @@ def main() -> None:
             explained: [_raw("GET", f"/users/{u}/recommendations?k=10&explain=true", None) for u in users],
             "POST /recommendations (5 liked)": [
                 _raw("POST", "/recommendations", {"liked": rng.choice(movies, 5).tolist(), "k": 10})
+                for _ in range(300)
+            ],
+            "  ... 5 liked by popularity": [
+                _raw(
+                    "POST",
+                    "/recommendations",
+                    {
+                        "liked": rng.choice(bundle.item_ids, 5, replace=False, p=by_popularity).tolist(),
+                        "k": 10,
+                    },
+                )
                 for _ in range(300)
             ],
             # The same route with nothing to fold in (an unknown movie: the popularity fallback):

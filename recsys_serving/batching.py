@@ -21,7 +21,7 @@ from .models import FactorModel, Scored
 
 class SearchBatcher:
     def __init__(self, on_batch: Callable[[int], None] = lambda size: None) -> None:
-        self._pending: list[tuple[FactorModel, np.ndarray, int, np.ndarray, asyncio.Future[Scored]]] = []
+        self._pending: list[tuple[FactorModel, np.ndarray, LikedQuery, asyncio.Future[Scored]]] = []
         self._on_batch = on_batch  # told each batch's size (the API's metrics histogram)
 
     async def rank_liked(self, engine: Engine, query: LikedQuery) -> Scored:
@@ -32,7 +32,7 @@ class SearchBatcher:
             return engine.rank_liked(query)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Scored] = loop.create_future()
-        self._pending.append((model, query.vector, query.k, query.allowed, future))
+        self._pending.append((model, query.vector, query, future))
         if len(self._pending) == 1:
             loop.call_soon(self._flush)
         return await future
@@ -41,15 +41,17 @@ class SearchBatcher:
         pending, self._pending = self._pending, []
         # A hot swap between two requests of one turn leaves them on different models.
         for model in {id(entry[0]): entry[0] for entry in pending}.values():
-            group = [entry for entry in pending if entry[0] is model and not entry[4].done()]
+            group = [entry for entry in pending if entry[0] is model and not entry[3].done()]
             if not group:
                 continue
             self._on_batch(len(group))
             try:
+                queries = [query for _, _, query, _ in group]
                 ranked = model.rank_vectors(
-                    np.stack([vector for _, vector, _, _, _ in group]),
-                    [k for _, _, k, _, _ in group],
-                    [allowed for _, _, _, allowed, _ in group],
+                    np.stack([vector for _, vector, _, _ in group]),
+                    [query.k for query in queries],
+                    [query.allowed for query in queries],
+                    [query.blocked for query in queries],
                 )
             except Exception as exc:  # every waiting request answers with the error, none hangs
                 for *_, future in group:

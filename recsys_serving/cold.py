@@ -57,8 +57,8 @@ class ColdCatalogue:
         allowed[blocked] = False
         return self.best(self.scorer.user_scores(user_row, user_row + 1)[0], slots, allowed)
 
-    def best(self, scores: np.ndarray, slots: int, allowed: np.ndarray) -> Scored:
-        """The ``slots`` best allowed cold items, as catalogue rows."""
+    def best(self, scores: np.ndarray, slots: int, allowed: np.ndarray | None) -> Scored:
+        """The ``slots`` best allowed (all without a mask) cold items, as catalogue rows."""
         found = exact(scores, slots, allowed)
         return Scored(found.rows + self.n_items, found.scores)
 

@@ -34,6 +34,11 @@ class LikedQuery:
     allowed: np.ndarray  # the model's items a response may contain
     vector: np.ndarray | None  # ALS only
 
+    @property
+    def blocked(self) -> np.ndarray | None:
+        """The rows ``allowed`` leaves out, when that is all it does (no genre filter)."""
+        return None if self.genres else self.liked_rows
+
 
 class Engine:
     def __init__(self, bundle: Bundle, use_precomputed: bool = True, cold_slots: int = 0):
@@ -223,7 +228,9 @@ class Engine:
 
     def rank_liked(self, query: LikedQuery) -> Scored:
         if query.vector is not None and isinstance(self.model, FactorModel):
-            return self.model.rank_vector(query.vector, query.k, query.allowed)
+            return self.model.rank_vectors(
+                query.vector[None, :], [query.k], [query.allowed], [query.blocked]
+            )[0]
         return self.model.rank_liked(query.liked_rows, query.values, query.k, query.allowed)
 
     def finish_liked(self, query: LikedQuery, result: Scored, explain: bool) -> Scored:
@@ -238,7 +245,11 @@ class Engine:
                 if query.vector is not None
                 else scorer.liked_scores(query.liked_rows, query.values)
             )
-            cold_allowed = self._cold_allowed(self._cold_positions(query.known_rows), query.genres)
+            liked_cold = self._cold_positions(query.known_rows)
+            # Without a filter every cold movie may be shown: no mask to build.
+            cold_allowed = (
+                self._cold_allowed(liked_cold, query.genres) if query.genres or liked_cold.size else None
+            )
             slots = min(self.cold_slots, query.k)
             result = merge(result, self.cold.best(scores, slots, cold_allowed), query.k)
         return result

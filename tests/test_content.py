@@ -227,6 +227,37 @@ def test_precomputed_cold_lists_answer_as_computing_them_would(cold_bundles, kin
             np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["als", "ease"])
+def test_a_new_users_cold_slots_are_the_best_allowed_cold_movies(cold_bundles, kind: str) -> None:
+    """The cold slots of a new user's list: the best cold movies with a positive score, never one
+    they said they like, and only of the asked genres."""
+    engine = Engine(load_bundle(cold_bundles[f"{kind}_cold"]), cold_slots=2)
+    assert engine.cold is not None
+    rng = np.random.default_rng(0)
+    genre = engine.genre_names[0]
+    for _ in range(30):
+        warm = rng.choice(engine.n_items, 3, replace=False)
+        liked_cold = engine.n_items + rng.choice(engine.cold.n_cold, int(rng.integers(0, 3)), replace=False)
+        known = np.unique(np.concatenate([warm, liked_cold]))
+        for genres in ([], [genre]):
+            got = engine.recommend_liked(known, 10, genres, False)
+            query = engine.liked_query(known, 10, genres)
+            scorer = engine.cold.scorer
+            scores = (
+                scorer.vector_scores(query.vector)
+                if query.vector is not None
+                else scorer.liked_scores(query.liked_rows, query.values)
+            )
+            allowed = np.ones(engine.cold.n_cold, dtype=bool)
+            allowed[liked_cold - engine.n_items] = False
+            if genres:
+                allowed &= engine.genre_masks[genre][engine.n_items :]
+            candidates = np.flatnonzero(allowed & (scores > 0))
+            best = candidates[np.lexsort((candidates, -scores[candidates]))][:2] + engine.n_items
+            listed_cold = sorted(r for r in got.rows.tolist() if r >= engine.n_items)
+            assert listed_cold == sorted(best.tolist())
+
+
 def test_the_tag_genome_block_is_centred_and_only_for_covered_movies() -> None:
     genome = pl.DataFrame(
         {

@@ -27,14 +27,17 @@ def factor_model(n_items: int, factors: int, seed: int) -> FactorModel:
     return FactorModel(item_ids, item_factors, rng.normal(size=(3, factors)), index, Weighting(), 0.1, None)
 
 
-def filters(n_items: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """All but a few items (a new user's liked movies), a genre-like half, a handful, none."""
+def filters(n_items: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """All but a few items (a new user's liked movies: also given as the blocked rows), a
+    genre-like half, a handful, none."""
+    blocked = rng.choice(n_items, 5, replace=False)
     few_blocked = np.ones(n_items, dtype=bool)
-    few_blocked[rng.choice(n_items, 5, replace=False)] = False
+    few_blocked[blocked] = False
     half = rng.random(n_items) < 0.5
     handful = np.zeros(n_items, dtype=bool)
     handful[rng.choice(n_items, 4, replace=False)] = True
-    return [few_blocked, half, handful, np.zeros(n_items, dtype=bool)]
+    none = np.zeros(n_items, dtype=bool)
+    return [(few_blocked, None), (few_blocked, blocked), (half, None), (handful, None), (none, None)]
 
 
 @pytest.mark.parametrize(
@@ -69,21 +72,21 @@ def test_pruned_scan_gives_the_full_scan_answer(
         *(model.item_factors[model.norm_order[int(n_items * f)]] for f in (0.05, 0.3, 0.6, 0.9)),
     ]
     cases = [
-        (np.asarray(v, dtype=np.float32), k, allowed)
+        (np.asarray(v, dtype=np.float32), k, allowed, blocked)
         for v in vectors
-        for allowed in filters(n_items, rng)
+        for allowed, blocked in filters(n_items, rng)
         for k in (1, 10, 100)
     ]
-    for vector, k, allowed in cases:
+    for vector, k, allowed, blocked in cases:
         expected = exact(model.item_factors @ vector, k, allowed)
-        got = model.rank_vectors(vector[None, :], [k], [allowed])[0]
+        got = model.rank_vectors(vector[None, :], [k], [allowed], [blocked])[0]
         assert got.rows.tolist() == expected.rows.tolist()
         np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5, atol=1e-6)
     # Ranked together (one matrix product per block) as ranked alone.
     together = model.rank_vectors(
-        np.stack([c[0] for c in cases]), [c[1] for c in cases], [c[2] for c in cases]
+        np.stack([c[0] for c in cases]), [c[1] for c in cases], [c[2] for c in cases], [c[3] for c in cases]
     )
-    for (vector, k, allowed), got in zip(cases, together, strict=True):
+    for (vector, k, allowed, _), got in zip(cases, together, strict=True):
         assert got.rows.tolist() == exact(model.item_factors @ vector, k, allowed).rows.tolist()
     if n_items > first_block:
         assert min(scanned) < n_items, "no query stopped early: the pruning is not exercised"

@@ -39,6 +39,9 @@ Layout of ``<bundle_root>/<version>/``; ``manifest.json`` names the model kind (
                          items (estimated from their nearest warm items in content space)
     cold_top_rows.npy    with precomputed lists: int32 [n_users, 10], each user's best unrated
     cold_top_scores.npy  cold items (cold positions, -1 past the end) and their float32 scores
+    cold_similar_rows.npy    with precomputed lists (format 6): int32 [n_cold, n], each cold
+    cold_similar_scores.npy  movie's n nearest catalogue movies by content (catalogue rows,
+                             itself excluded) and their float32 cosines
 
 Written into a temporary directory and renamed, so a bundle directory is either complete or
 absent. The loader reads only files the manifest lists, checks every hash, and refuses a bundle
@@ -64,12 +67,22 @@ import polars as pl
 import scipy.sparse as sp
 
 from .confidence import Weighting
-from .models import KINDS, ColdScorer, FactorModel, ItemItemModel, Model, explained_lists, top_unseen
+from .models import (
+    KINDS,
+    ColdScorer,
+    FactorModel,
+    ItemItemModel,
+    Model,
+    content_neighbours,
+    explained_lists,
+    top_unseen,
+)
 
-# 5: precomputed similar movies (ALS) and explanations of the users' lists; 4: optional cold
+# 6: cold movies' content neighbours precomputed; 5: precomputed similar movies (ALS) and
+# explanations of the users' lists; 4: optional cold
 # items; 3: model kinds (als, ease, item_knn); 2: ALS only
-FORMAT_VERSION = 5
-READABLE_FORMATS = (2, 3, 4, 5)
+FORMAT_VERSION = 6
+READABLE_FORMATS = (2, 3, 4, 5, 6)
 MANIFEST = "manifest.json"
 COMMON_FILES = ("item_ids.npy", "user_ids.npy", "seen.npz", "liked.npz", "movies.parquet", "popularity.json")
 KIND_FILES = {
@@ -79,6 +92,7 @@ KIND_FILES = {
 }
 COLD_FILES = ("cold_ids.npy", "content.npy", "cold_seen.npz")
 COLD_LISTS = ("cold_top_rows.npy", "cold_top_scores.npy")
+COLD_SIMILAR_LISTS = ("cold_similar_rows.npy", "cold_similar_scores.npy")
 COLD_TOP_N = 10  # each user's best cold items ranked at packaging time (more cold slots: computed)
 COLD_KIND_FILES = {
     "als": "cold_factors.npy",
@@ -90,7 +104,7 @@ OPTIONAL_FILES = (
     "top_rows.npy", "top_scores.npy", "top_because.npy", "bm25_length_norm.npy", "held_out.npz", *SIMILAR_LISTS
 )  # fmt: skip
 # Ranked lists stored as a rows file and a scores file of one shape, always written together.
-LIST_PAIRS = (("top_rows.npy", "top_scores.npy"), SIMILAR_LISTS, COLD_LISTS)
+LIST_PAIRS = (("top_rows.npy", "top_scores.npy"), SIMILAR_LISTS, COLD_LISTS, COLD_SIMILAR_LISTS)
 
 
 # Manifest keys write_bundle fills in itself (a bundle made from another's parts drops them).
@@ -115,6 +129,8 @@ class ColdItems:
     similarity: sp.csr_matrix | None = None  # item-item kinds: items x cold
     top_rows: np.ndarray | None = None  # [n_users, COLD_TOP_N] cold positions, -1 past the end
     top_scores: np.ndarray | None = None
+    similar_rows: np.ndarray | None = None  # [n_cold, n] catalogue rows nearest in content
+    similar_scores: np.ndarray | None = None
 
 
 @dataclass
@@ -238,8 +254,9 @@ def write_bundle(
     item-item kinds need ``item_similarity`` and whether their input is binary. With ``top_n`` > 0
     each user's best ``top_n`` unseen items are ranked here, once, so a server answers a known
     user's plain request by slicing an array; for ALS so are each item's ``top_n`` most similar
-    items (a dense scan of the catalogue per request otherwise), and for every kind the liked movie
-    that explains each entry of the users' lists. ``top_lists``, ``top_because`` and
+    items (a dense scan of the catalogue per request otherwise), for every kind the liked movie
+    that explains each entry of the users' lists, and with a cold part each user's best cold
+    movies and each cold movie's nearest movies by content. ``top_lists``, ``top_because`` and
     ``similar_lists`` reuse lists ranked before (a bundle made from another's parts).
     """
     if kind not in KINDS:
@@ -324,6 +341,10 @@ def write_bundle(
                 )
                 np.save(staging / "cold_top_rows.npy", cold_rows)
                 np.save(staging / "cold_top_scores.npy", cold_scores)
+                # Always ranked afresh: a catalogue refresh changes the movies to rank among.
+                near_rows, near_scores = content_neighbours(cold.content, n_items, top_n)
+                np.save(staging / "cold_similar_rows.npy", near_rows)
+                np.save(staging / "cold_similar_scores.npy", near_scores)
         files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
         fold = {
             "regularization": regularization,
@@ -369,9 +390,17 @@ def _check_cold(cold: ColdItems, kind: str, n_users: int, n_items: int) -> None:
         raise BundleError(f"an ALS bundle's cold items need estimated factors for {n_cold} items")
     if kind != "als" and (cold.similarity is None or cold.similarity.shape != (n_items, n_cold)):
         raise BundleError(f"a {kind} bundle's cold items need an items x cold similarity ({n_cold} cold)")
-    for name, lists in (("cold_top_rows", cold.top_rows), ("cold_top_scores", cold.top_scores)):
-        if lists is not None and lists.shape[0] != n_users:
-            raise BundleError(f"{name} has {lists.shape[0]} users, expected {n_users}")
+    for name, lists, expected in (
+        ("cold_top_rows", cold.top_rows, n_users),
+        ("cold_top_scores", cold.top_scores, n_users),
+        ("cold_similar_rows", cold.similar_rows, n_cold),
+        ("cold_similar_scores", cold.similar_scores, n_cold),
+    ):
+        if lists is not None and lists.shape[0] != expected:
+            raise BundleError(f"{name} has {lists.shape[0]} rows, expected {expected}")
+    near, near_scores = cold.similar_rows, cold.similar_scores
+    if near is not None and near_scores is not None and near.shape != near_scores.shape:
+        raise BundleError("cold_similar_rows and cold_similar_scores differ in shape")
 
 
 def _write_cold(staging: Path, cold: ColdItems) -> None:
@@ -397,6 +426,10 @@ def _read_cold(path: Path, listed: dict[str, str]) -> ColdItems | None:
         ),
         top_rows=np.load(path / "cold_top_rows.npy") if "cold_top_rows.npy" in listed else None,
         top_scores=np.load(path / "cold_top_scores.npy") if "cold_top_scores.npy" in listed else None,
+        similar_rows=np.load(path / "cold_similar_rows.npy") if "cold_similar_rows.npy" in listed else None,
+        similar_scores=(
+            np.load(path / "cold_similar_scores.npy") if "cold_similar_scores.npy" in listed else None
+        ),
     )
 
 
@@ -433,7 +466,12 @@ def verify_bundle(path: Path) -> dict[str, Any]:
     if unlisted:
         raise BundleError(f"{path}: {', '.join(unlisted)} not listed in the manifest (refused unverified)")
     allowed = (
-        set(COMMON_FILES) | set(KIND_FILES[kind]) | set(OPTIONAL_FILES) | set(COLD_FILES) | set(COLD_LISTS)
+        set(COMMON_FILES)
+        | set(KIND_FILES[kind])
+        | set(OPTIONAL_FILES)
+        | set(COLD_FILES)
+        | set(COLD_LISTS)
+        | set(COLD_SIMILAR_LISTS)
     )
     allowed.add(COLD_KIND_FILES[kind])
     unexpected = sorted(set(listed) - allowed)
@@ -452,7 +490,7 @@ def verify_bundle(path: Path) -> dict[str, Any]:
     if "top_because.npy" in listed and "top_rows.npy" not in listed:
         raise BundleError(f"{path}: top_because.npy explains top_rows.npy, which is missing")
     cold = {*COLD_FILES, COLD_KIND_FILES[kind]}
-    if (cold | set(COLD_LISTS)) & set(listed) and not cold <= set(listed):
+    if (cold | set(COLD_LISTS) | set(COLD_SIMILAR_LISTS)) & set(listed) and not cold <= set(listed):
         raise BundleError(f"{path}: cold items need all of {', '.join(sorted(cold))}")
     for name, expected in listed.items():
         if _sha256(path / name) != expected:

@@ -9,12 +9,12 @@ best ``slots`` cold movies with a positive score take the last places of a list 
 with their estimated scores (the way new releases get exposure at all). A known user's best cold
 movies are ranked when the bundle is built (``cold_top_rows``), like the warm lists; filters
 that exhaust them, and new users, are scored here. Similar movies of a cold movie come from
-content similarity (a FAISS inner-product search over unit content vectors).
+content similarity (cosines of unit content vectors), ranked when the bundle is built
+(``cold_similar_rows``) and scanned per request only for a k beyond those lists.
 """
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 
 from .bundle import ColdItems
@@ -22,12 +22,13 @@ from .models import ColdScorer, Model, Scored, exact
 
 
 class ColdCatalogue:
-    def __init__(self, cold: ColdItems, model: Model, n_items: int):
+    def __init__(self, cold: ColdItems, model: Model, n_items: int, use_similar_lists: bool = True):
         self.cold, self.n_items = cold, n_items
         self.n_cold = len(cold.movie_ids)
         self.scorer = ColdScorer(model, cold.factors, cold.similarity)
-        self.content_index = faiss.IndexFlatIP(cold.content.shape[1])
-        self.content_index.add(np.ascontiguousarray(cold.content, dtype=np.float32))
+        self.content = np.ascontiguousarray(cold.content, dtype=np.float32)
+        self.similar_rows = cold.similar_rows if use_similar_lists else None
+        self.similar_scores = cold.similar_scores if use_similar_lists else None
 
     def seen(self, user_row: int) -> np.ndarray:
         seen = self.cold.seen
@@ -63,12 +64,16 @@ class ColdCatalogue:
         return Scored(found.rows + self.n_items, found.scores)
 
     def similar(self, catalogue_row: int, k: int) -> Scored:
-        """Movies (warm or cold) nearest in content to ``catalogue_row``, itself excluded."""
-        query = self.cold.content[catalogue_row : catalogue_row + 1]
-        take = min(k + 1, self.content_index.ntotal)
-        scores, rows = self.content_index.search(query, take)
-        keep = (rows[0] >= 0) & (rows[0] != catalogue_row)
-        return Scored(rows[0][keep][:k].astype(np.int64), scores[0][keep][:k])
+        """Movies (warm or cold) nearest in content to ``catalogue_row``, itself excluded, best
+        first, ties to the lower row."""
+        lists, scores = self.similar_rows, self.similar_scores
+        if catalogue_row >= self.n_items and lists is not None and scores is not None and k <= lists.shape[1]:
+            rows = lists[catalogue_row - self.n_items, :k]
+            listed = rows >= 0  # -1 only past the last other movie of a tiny catalogue
+            return Scored(rows[listed].astype(np.int64), scores[catalogue_row - self.n_items, :k][listed])
+        cosines = self.content @ self.content[catalogue_row]
+        cosines[catalogue_row] = -np.inf
+        return exact(cosines, k)
 
 
 def merge(warm: Scored, cold: Scored, k: int) -> Scored:

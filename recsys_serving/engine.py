@@ -61,7 +61,11 @@ class Engine:
         self.similar_scores = bundle.similar_scores if use_precomputed else None
 
         # The catalogue: the model's items (rows 0..n_items-1), then the cold ones the bundle has.
-        self.cold = None if bundle.cold is None else ColdCatalogue(bundle.cold, self.model, self.n_items)
+        self.cold = (
+            None
+            if bundle.cold is None
+            else ColdCatalogue(bundle.cold, self.model, self.n_items, use_precomputed)
+        )
         self.cold_slots = cold_slots if self.cold is not None else 0
         catalogue_ids = (
             self.item_ids if bundle.cold is None else np.concatenate([self.item_ids, bundle.cold.movie_ids])

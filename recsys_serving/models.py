@@ -474,6 +474,29 @@ def searchable(
     return index, row_labels, lambda sel: faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
 
 
+def content_neighbours(content: np.ndarray, n_items: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each cold movie's ``n`` nearest catalogue movies by content (catalogue rows; the cold movie
+    at catalogue row ``n_items + j`` is row j of the result), itself excluded, as
+    :meth:`recsys_serving.cold.ColdCatalogue.similar` ranks them."""
+    n_cold = content.shape[0] - n_items
+    itself = sp.csr_matrix(
+        (np.ones(n_cold, dtype=np.float32), n_items + np.arange(n_cold), np.arange(n_cold + 1)),
+        shape=(n_cold, content.shape[0]),
+    )
+    return top_unseen(_ContentCosines(content, n_items), n_cold, content.shape[0], itself, n)
+
+
+class _ContentCosines:
+    """Cold movies in the place of users: each one's content cosines to every catalogue movie."""
+
+    def __init__(self, content: np.ndarray, n_items: int):
+        self.content, self.n_items = np.ascontiguousarray(content, dtype=np.float32), n_items
+
+    def user_scores(self, start: int, stop: int) -> np.ndarray:
+        scores: np.ndarray = self.content[self.n_items + start : self.n_items + stop] @ self.content.T
+        return scores
+
+
 class _ItemCosines:
     """Items in the place of users: each item's cosines to every item (for :func:`top_unseen`)."""
 

@@ -209,6 +209,49 @@ def test_cold_scores_follow_the_model(cold_bundles) -> None:
 
 
 @pytest.mark.parametrize("kind", ["als", "ease"])
+def test_precomputed_content_neighbours_answer_as_the_content_scan(cold_bundles, kind: str) -> None:
+    """A cold movie's similar movies are sliced from the lists ranked at packaging time when k fits
+    them, and scanned otherwise: the same rows and cosines either way, the movie itself left out,
+    ties to the lower row."""
+    bundle = load_bundle(cold_bundles[f"{kind}_cold"])
+    assert bundle.cold is not None and bundle.cold.similar_rows is not None
+    width = bundle.cold.similar_rows.shape[1]
+    listed, scanned = Engine(bundle), Engine(bundle, use_precomputed=False)
+    content = bundle.cold.content
+    for row in range(listed.n_items, listed.n_items + listed.cold.n_cold):
+        cosines = content @ content[row]
+        cosines[row] = -np.inf
+        for k in (1, 10, width, width + 5):
+            got, strategy = listed.similar(row, k)
+            expected, _ = scanned.similar(row, k)
+            assert strategy == "content"
+            order = np.lexsort((np.arange(cosines.size), -cosines))[:k]
+            assert expected.rows.tolist() == order.tolist()
+            # Movies with the same content tie exactly; the packaging's matrix product and this
+            # scan may round them apart in the last bit, so tied movies may swap places.
+            np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(cosines[got.rows], got.scores, rtol=1e-5, atol=1e-6)
+            assert len(set(got.rows.tolist())) == got.rows.size and row not in got.rows.tolist()
+
+
+def test_content_neighbour_lists_are_checked_when_loaded(cold_bundles, tmp_path: Path) -> None:
+    import hashlib
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(cold_bundles["als_cold"], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    rows = np.load(copy / "cold_similar_rows.npy")
+    np.save(copy / "cold_similar_rows.npy", rows[:-1])  # one cold movie short, as a faulty writer
+    manifest["files"]["cold_similar_rows.npy"] = hashlib.sha256(
+        (copy / "cold_similar_rows.npy").read_bytes()
+    ).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="cold_similar_rows has"):
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize("kind", ["als", "ease"])
 def test_precomputed_cold_lists_answer_as_computing_them_would(cold_bundles, kind: str) -> None:
     bundle = load_bundle(cold_bundles[f"{kind}_cold"])
     assert bundle.cold is not None and bundle.cold.top_rows is not None

@@ -198,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop_on_signal)
+    # Started in the background of a non-interactive shell (`cmd &`, CI scripts), a process inherits
+    # SIGINT ignored and Python keeps it so: Ctrl-C or `kill -INT` would then stop nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     api = f"http://127.0.0.1:{args.api_port}"
     ui = f"http://127.0.0.1:{args.ui_port}"
     try:

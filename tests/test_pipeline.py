@@ -367,7 +367,8 @@ def test_cli_materialize_all(tmp_path: Path, command: list[str], cwd: str) -> No
 
 
 def test_demo_command_builds_serves_and_stops_on_one_ctrl_c(tmp_path: Path) -> None:
-    """`make demo`'s launcher: materialise, promote, run API + Dagster UI, one SIGINT stops both."""
+    """`make demo`'s launcher: materialise, promote, run API + Dagster UI, one SIGINT stops both,
+    even started with SIGINT ignored (a background job of a non-interactive shell)."""
     import signal
     import socket
     import time
@@ -408,6 +409,8 @@ def test_demo_command_builds_serves_and_stops_on_one_ctrl_c(tmp_path: Path) -> N
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Started as a script's background job would start it: SIGINT inherited ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         deadline = time.time() + 240

@@ -428,7 +428,14 @@ def test_demo_command_builds_serves_and_stops_on_one_ctrl_c(tmp_path: Path) -> N
         assert len(recommendation["items"]) == 3
     finally:
         launcher.send_signal(signal.SIGINT)
-        output, _ = launcher.communicate(timeout=60)
+        try:
+            output, _ = launcher.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            # SIGINT did not stop it: SIGTERM still makes the launcher stop its services, so a
+            # failing run leaves no API or Dagster UI behind.
+            launcher.terminate()
+            launcher.communicate(timeout=60)
+            raise
     assert launcher.returncode == 0, output[-3000:]
     assert "curl" in output and f"127.0.0.1:{ui_port}" in output
     # The terminal holds progress and the banner; Dagster's own log lines go to the log file.

@@ -348,9 +348,7 @@ class FactorModel:
 
     def similar_lists(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Every item's ``n`` most similar items as :meth:`similar` ranks them, in item blocks."""
-        return top_unseen(
-            _ItemCosines(self.unit_factors), self.n_items, self.n_items, _itself(self.n_items), n
-        )
+        return nearest_rows(self.unit_factors, 0, n)
 
 
 class ItemItemModel:
@@ -478,39 +476,31 @@ def content_neighbours(content: np.ndarray, n_items: int, n: int) -> tuple[np.nd
     """Each cold movie's ``n`` nearest catalogue movies by content (catalogue rows; the cold movie
     at catalogue row ``n_items + j`` is row j of the result), itself excluded, as
     :meth:`recsys_serving.cold.ColdCatalogue.similar` ranks them."""
-    n_cold = content.shape[0] - n_items
+    return nearest_rows(np.ascontiguousarray(content, dtype=np.float32), n_items, n)
+
+
+def nearest_rows(vectors: np.ndarray, first: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``vectors[first:]``, the ``n`` rows of ``vectors`` with the largest inner product
+    (cosine for unit vectors), itself excluded, best first, ties to the lower row; computed in
+    blocks by :func:`top_unseen` (the rows in the place of users, each having "seen" itself)."""
+    queries = vectors.shape[0] - first
     itself = sp.csr_matrix(
-        (np.ones(n_cold, dtype=np.float32), n_items + np.arange(n_cold), np.arange(n_cold + 1)),
-        shape=(n_cold, content.shape[0]),
+        (np.ones(queries, dtype=np.float32), first + np.arange(queries), np.arange(queries + 1)),
+        shape=(queries, vectors.shape[0]),
     )
-    return top_unseen(_ContentCosines(content, n_items), n_cold, content.shape[0], itself, n)
+    return top_unseen(_RowProducts(vectors, first), queries, vectors.shape[0], itself, n)
 
 
-class _ContentCosines:
-    """Cold movies in the place of users: each one's content cosines to every catalogue movie."""
+class _RowProducts:
+    """Rows ``first + start .. first + stop`` of ``vectors`` against every row (for
+    :func:`top_unseen`)."""
 
-    def __init__(self, content: np.ndarray, n_items: int):
-        self.content, self.n_items = np.ascontiguousarray(content, dtype=np.float32), n_items
-
-    def user_scores(self, start: int, stop: int) -> np.ndarray:
-        scores: np.ndarray = self.content[self.n_items + start : self.n_items + stop] @ self.content.T
-        return scores
-
-
-class _ItemCosines:
-    """Items in the place of users: each item's cosines to every item (for :func:`top_unseen`)."""
-
-    def __init__(self, unit_factors: np.ndarray):
-        self.unit_factors = unit_factors
+    def __init__(self, vectors: np.ndarray, first: int):
+        self.vectors, self.first = vectors, first
 
     def user_scores(self, start: int, stop: int) -> np.ndarray:
-        scores: np.ndarray = self.unit_factors[start:stop] @ self.unit_factors.T
+        scores: np.ndarray = self.vectors[self.first + start : self.first + stop] @ self.vectors.T
         return scores
-
-
-def _itself(n_items: int) -> sp.csr_matrix:
-    """Each item "has seen" only itself: similar lists leave the item out."""
-    return sp.identity(n_items, dtype=np.float32, format="csr")
 
 
 def explained_lists(model: Model, top_rows: np.ndarray, liked: sp.csr_matrix) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 
 from .bundle import ColdItems
 from .models import ColdScorer, Model, Scored, exact
+from .search import NormOrderedScan
 
 
 class ColdCatalogue:
@@ -26,6 +27,8 @@ class ColdCatalogue:
         self.cold, self.n_items = cold, n_items
         self.n_cold = len(cold.movie_ids)
         self.scorer = ColdScorer(model, cold.factors, cold.similarity)
+        # ALS: a new user's cold slots come from the same pruned scan as their warm items.
+        self.factor_scan = None if self.scorer.factors is None else NormOrderedScan(self.scorer.factors)
         self.content = np.ascontiguousarray(cold.content, dtype=np.float32)
         self.similar_rows = cold.similar_rows if use_similar_lists else None
         self.similar_scores = cold.similar_scores if use_similar_lists else None
@@ -57,6 +60,12 @@ class ColdCatalogue:
         allowed[self.seen(user_row)] = False
         allowed[blocked] = False
         return self.best(self.scorer.user_scores(user_row, user_row + 1)[0], slots, allowed)
+
+    def best_for_vector(self, vector: np.ndarray, slots: int, allowed: np.ndarray | None) -> Scored:
+        """ALS: the ``slots`` best allowed (all without a mask) cold items for a user's factors."""
+        assert self.factor_scan is not None
+        rows, scores = self.factor_scan.top_k(vector, slots, allowed)
+        return Scored(rows + self.n_items, scores)
 
     def best(self, scores: np.ndarray, slots: int, allowed: np.ndarray | None) -> Scored:
         """The ``slots`` best allowed (all without a mask) cold items, as catalogue rows."""

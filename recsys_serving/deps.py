@@ -10,7 +10,6 @@ from typing import Annotated
 import numpy as np
 from fastapi import Header, HTTPException, Request
 
-from .batching import SearchBatcher
 from .engine import Engine
 from .manager import BundleManager
 from .metrics import Metrics
@@ -29,10 +28,6 @@ class Service:
     # Exploration's draws (experiments with epsilon > 0).
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    searches: SearchBatcher = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.searches = SearchBatcher(self.metrics.search_batch.observe)
 
 
 def service_of(request: Request) -> Service:

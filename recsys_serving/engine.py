@@ -16,7 +16,9 @@ from threadpoolctl import threadpool_limits
 
 from .bundle import Bundle, popularity_order
 from .cold import ColdCatalogue, merge
+from .confidence import Weighting, fold_in, solve_positive
 from .models import FactorModel, Scored, lookup
+from .search import NormOrderedScan
 
 NO_ROWS = np.empty(0, dtype=np.int64)
 
@@ -33,11 +35,6 @@ class LikedQuery:
     genres: list[str]
     allowed: np.ndarray  # the model's items a response may contain
     vector: np.ndarray | None  # ALS only
-
-    @property
-    def blocked(self) -> np.ndarray | None:
-        """The rows ``allowed`` leaves out, when that is all it does (no genre filter)."""
-        return None if self.genres else self.liked_rows
 
 
 class Engine:
@@ -216,8 +213,7 @@ class Engine:
 
     def recommend_liked(self, known_rows: np.ndarray, k: int, genres: list[str], explain: bool) -> Scored:
         """A new user's list from the movies they like (catalogue rows), scored by the bundle's
-        model from the liked movies it was trained on; liked cold movies are only left out.
-        The API runs the same three steps with the ranking batched (:mod:`.batching`)."""
+        model from the liked movies it was trained on; liked cold movies are only left out."""
         query = self.liked_query(known_rows, k, genres)
         return self.finish_liked(query, self.rank_liked(query), explain)
 
@@ -232,9 +228,7 @@ class Engine:
 
     def rank_liked(self, query: LikedQuery) -> Scored:
         if query.vector is not None and isinstance(self.model, FactorModel):
-            return self.model.rank_vectors(
-                query.vector[None, :], [query.k], [query.allowed], [query.blocked]
-            )[0]
+            return self.model.rank_vector(query.vector, query.k, query.allowed)
         return self.model.rank_liked(query.liked_rows, query.values, query.k, query.allowed)
 
     def finish_liked(self, query: LikedQuery, result: Scored, explain: bool) -> Scored:
@@ -243,19 +237,18 @@ class Engine:
             because = self.model.explain(result.rows, query.liked_rows, query.values)
             result = Scored(result.rows, result.scores, because)
         if self.cold_slots and self.cold is not None:
-            scorer = self.cold.scorer
-            scores = (
-                scorer.vector_scores(query.vector)
-                if query.vector is not None
-                else scorer.liked_scores(query.liked_rows, query.values)
-            )
             liked_cold = self._cold_positions(query.known_rows)
             # Without a filter every cold movie may be shown: no mask to build.
             cold_allowed = (
                 self._cold_allowed(liked_cold, query.genres) if query.genres or liked_cold.size else None
             )
             slots = min(self.cold_slots, query.k)
-            result = merge(result, self.cold.best(scores, slots, cold_allowed), query.k)
+            if query.vector is not None:
+                best = self.cold.best_for_vector(query.vector, slots, cold_allowed)
+            else:
+                scores = self.cold.scorer.liked_scores(query.liked_rows, query.values)
+                best = self.cold.best(scores, slots, cold_allowed)
+            result = merge(result, best, query.k)
         return result
 
     def popular(self, k: int, genres: list[str], blocked_rows: np.ndarray) -> Scored:
@@ -308,10 +301,28 @@ class Engine:
         return self.cold.similar(catalogue_row, k), "content"
 
 
+def compile_kernels() -> None:
+    """Compile the request path's numba kernels (or load them from numba's cache: 8 s against
+    0.3 s) before any request needs them, with the argument types requests use."""
+    factors = np.eye(4, dtype=np.float32)
+    NormOrderedScan(factors)
+    for scheme in ("linear", "bm25"):
+        fold_in(
+            factors,
+            np.array([0, 1]),
+            np.ones(2, dtype=np.float32),
+            0.1,
+            Weighting(scheme),
+            np.ones(4, dtype=np.float32),
+            np.eye(4),
+        )
+    solve_positive(np.eye(4), np.ones((4, 2)))
+
+
 def limit_threads() -> None:
     """One thread per FAISS search and per BLAS product: a request's products are small, and under
     a web server helper threads only add hand-off latency and take cores from other requests
-    (numpy's OpenBLAS defaulted to every core: the cold-start scan spent a quarter of the server's
-    time in a 4 x 4096 product, py-spy in benchmarks/serve_bench.py's run)."""
+    (numpy's OpenBLAS defaulted to every core: py-spy in benchmarks/serve_bench.py's run showed a
+    quarter of the server's time in a 4 x 4096 product)."""
     faiss.omp_set_num_threads(1)
     threadpool_limits(1, user_api="blas")

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from .deps import Service
-from .engine import limit_threads
+from .engine import compile_kernels, limit_threads
 from .manager import BundleManager
 from .metrics import Metrics
 from .middleware import ServiceMiddleware
@@ -33,6 +33,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     service: Service = app.state.service
     settings = service.settings
     limit_threads()
+    compile_kernels()
     await asyncio.to_thread(service.manager.check)
     if service.manager.engine is None:
         log.warning(service.manager.error or service.manager.no_bundle_message())

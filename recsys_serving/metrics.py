@@ -46,12 +46,6 @@ class Metrics:
         self.bundle = Gauge(
             "recsys_bundle_info", "The served bundle (value 1)", ["version"], registry=self.registry
         )
-        self.search_batch = Histogram(
-            "recsys_search_batch_size",
-            "Cold-start searches ranked together in one pass over the item factors",
-            buckets=(1, 2, 4, 8, 16, 32, 64),
-            registry=self.registry,
-        )
         self.swaps = Counter("recsys_bundle_swaps_total", "Bundles swapped in", registry=self.registry)
         self.load_failures = Counter(
             "recsys_bundle_load_failures_total", "Bundles refused", registry=self.registry

@@ -9,7 +9,7 @@
   of ``S``; the explanation of an item is the liked movie with the largest term ``x_uj S_ji``.
 
 Every ranking is exact and deterministic: highest score first, ties broken by the lower item row.
-numpy, scipy and FAISS only.
+numpy, scipy, FAISS, and the compiled scan of :mod:`.search`.
 """
 
 from __future__ import annotations
@@ -22,12 +22,10 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
-from .confidence import Weighting, fold_in, solve_positive, weight_rows
+from .confidence import Weighting, fold_in, fold_in_system, solve_positive
+from .search import NormOrderedScan
 
 KINDS = ("als", "ease", "item_knn")
-# Items in the first block of a pruned scan (doubling after): at 60k items most new users' answers
-# are settled in the first (liked movies drawn by popularity need about 1,100 items, median).
-FIRST_BLOCK = 2048
 ITEM_ITEM_KINDS = ("ease", "item_knn")
 
 
@@ -98,30 +96,6 @@ def best_rows_each(scores: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def block_bounds(n: int) -> list[tuple[int, int]]:
-    """The pruned scan's blocks: FIRST_BLOCK items, then doubling, up to ``n``."""
-    bounds, start, size = [], 0, FIRST_BLOCK
-    while start < n:
-        bounds.append((start, min(n, start + size)))
-        start, size = start + size, size * 2
-    return bounds
-
-
-def _largest(scores: np.ndarray, k: int) -> np.ndarray:
-    """The k largest of ``scores`` (all of them when fewer), smallest first."""
-    if scores.size <= k:
-        return np.sort(scores)
-    return np.sort(np.partition(scores, scores.size - k)[scores.size - k :])
-
-
-def _best_of(scores: np.ndarray, rows: np.ndarray, k: int, kth: float) -> Scored:
-    """The k highest finite ``scores`` with their item ``rows`` (in any order), best first, ties
-    to the lower row; ``kth`` is the k-th highest score."""
-    chosen = np.flatnonzero(scores >= kth) if np.isfinite(kth) else np.flatnonzero(np.isfinite(scores))
-    order = np.lexsort((rows[chosen], -scores[chosen]))[:k]
-    return Scored(rows[chosen[order]], scores[chosen[order]])
-
-
 def exact(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> Scored:
     if allowed is not None:
         scores = np.where(allowed, scores, -np.inf)
@@ -172,28 +146,16 @@ class FactorModel:
         self.n_items = len(item_ids)
         self.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
         norms = np.linalg.norm(self.item_factors.astype(np.float64), axis=1)
-        # Items by decreasing norm in blocks, for the pruned exact scan (:meth:`rank_vectors`).
-        # Each block transposed and contiguous: vectors @ factors.T through a transposed view
-        # makes OpenBLAS repack the factors on every call (2.4 ms for 4 vectors at 60k items x
-        # 32 factors, 1.0 ms without).
-        self.norm_order = np.argsort(-norms, kind="stable")
-        self.norm_position = np.empty_like(self.norm_order)
-        self.norm_position[self.norm_order] = np.arange(self.n_items)
-        ordered = self.item_factors[self.norm_order]
-        self.blocks = [
-            (start, np.ascontiguousarray(ordered[start:stop].T)) for start, stop in block_bounds(self.n_items)
-        ]
-        # The largest norm at or after each position; 0 past the end.
-        self.ordered_norms = np.append(norms[self.norm_order], 0.0)
+        self.scan = NormOrderedScan(self.item_factors)
         self.user_factors = np.ascontiguousarray(user_factors, dtype=np.float32)
         self.weighting, self.regularization, self.length_norm = weighting, regularization, length_norm
         self.search_index, self.row_labels, self.search_parameters = searchable(index, item_ids)
         inner = self.search_index
         if isinstance(inner, faiss.IndexIDMap):
             inner = faiss.downcast_index(inner.index)
-        # With an ID filter FAISS's flat search scores one vector per call (0.77 ms for 60k items x
-        # 32 factors); one BLAS product over every item and a masked top-k is the same exact
-        # answer in 0.43 ms. Approximate indexes are searched: they exist to avoid the full scan.
+        # Behind a flat index the compiled pruned scan gives FAISS's exact answer without scoring
+        # every item (FAISS with an ID filter: 0.77 ms per query at 60k items x 32 factors).
+        # Approximate indexes are searched: they exist to avoid the full scan.
         self.scan_exactly = isinstance(inner, faiss.IndexFlat)
         self.label_space = int(item_ids.max()) + 1 if self.n_items else 0
         self.gram = self.item_factors.T.astype(np.float64) @ self.item_factors.astype(np.float64)
@@ -208,7 +170,7 @@ class FactorModel:
         return self.user_factors[start:stop] @ self.item_factors.T
 
     def rank_user(self, user_row: int, k: int, allowed: np.ndarray) -> Scored:
-        return self._search(self.user_factors[user_row], k, allowed)
+        return self.rank_vector(self.user_factors[user_row], k, allowed)
 
     def liked_vector(self, liked_rows: np.ndarray, values: np.ndarray) -> np.ndarray:
         """A new user's factors, solved from the movies they like (fold-in)."""
@@ -221,20 +183,20 @@ class FactorModel:
             self.length_norm,
             gram=self.gram,
         )
-        return vector.astype(np.float32)
+        return vector
 
     def rank_liked(self, liked_rows: np.ndarray, values: np.ndarray, k: int, allowed: np.ndarray) -> Scored:
-        return self._search(self.liked_vector(liked_rows, values), k, allowed)
+        return self.rank_vector(self.liked_vector(liked_rows, values), k, allowed)
 
-    def _search(self, vector: np.ndarray, k: int, allowed: np.ndarray) -> Scored:
-        """The k best allowed items by inner product: an exact scan behind a flat index, else
-        the index asked for allowed items only.
+    def rank_vector(self, vector: np.ndarray, k: int, allowed: np.ndarray) -> Scored:
+        """The k best allowed items by inner product: an exact scan behind a flat index
+        (:mod:`.search`), else the index asked for allowed items only.
 
         The filter travels into an approximate search as a bitmap selector, so a user's seen items
         (which ALS scores highest) cost nothing instead of having to be over-fetched and dropped.
         """
         if self.scan_exactly:
-            return self.rank_vectors(vector[None, :], [k], [allowed])[0]
+            return Scored(*self.scan.top_k(vector, k, allowed))
         take = min(k, int(allowed.sum()))
         if take == 0:
             return EMPTY
@@ -254,68 +216,6 @@ class FactorModel:
         rows = labels if self.row_labels else lookup(self.item_ids, labels)
         return Scored(rows, scores)
 
-    def rank_vectors(
-        self,
-        vectors: np.ndarray,
-        ks: list[int],
-        allowed: list[np.ndarray],
-        blocked: list[np.ndarray | None] | None = None,
-    ) -> list[Scored]:
-        """The k best allowed items of each row of ``vectors``, with its own k and allowed items.
-        ``blocked[i]``, when the caller has it, lists the rows ``allowed[i]`` leaves out (no other
-        filter): it saves a pass over the mask (a new user's liked movies).
-
-        Behind a flat index the answer is exact without scoring every item: items are scanned in
-        blocks by decreasing norm, and a vector is done once its k-th best allowed score beats
-        what any item left could reach (``|y| |u|``, Cauchy-Schwarz). ALS gives the often-rated
-        movies the long factors, so about 2-15% of a 60k catalogue is scanned for a new user
-        (benchmarks/serve_bench.py). The vectors of a batch share each block's matrix product.
-        """
-        if not self.scan_exactly:
-            return [self._search(v, k, a) for v, k, a in zip(vectors, ks, allowed, strict=True)]
-        # The margin covers float32 rounding of the products (about d * 6e-8 of |y| |u|).
-        reach = np.linalg.norm(vectors.astype(np.float64), axis=1) * (1.0 + 1e-4)
-        excluded = [
-            self._excluded_positions(permitted) if rows is None else np.sort(self.norm_position[rows])
-            for permitted, rows in zip(allowed, blocked or [None] * len(ks), strict=True)
-        ]
-        scanned: list[list[np.ndarray]] = [[] for _ in ks]
-        kept = [EMPTY.scores for _ in ks]  # each vector's k best scores so far
-        pending = list(range(len(ks)))
-        for start, block in self.blocks:
-            stop = start + block.shape[1]
-            scores_block = vectors[pending] @ block
-            waiting = []
-            for i, scores in zip(pending, scores_block, strict=True):
-                positions = excluded[i]
-                if positions is None:
-                    np.putmask(scores, ~allowed[i][self.norm_order[start:stop]], -np.inf)
-                else:
-                    low, high = np.searchsorted(positions, (start, stop))
-                    scores[positions[low:high] - start] = -np.inf
-                scanned[i].append(scores)
-                kept[i] = best = _largest(np.concatenate([kept[i], scores]), ks[i])
-                if best.size < ks[i] or best[0] <= self.ordered_norms[stop] * reach[i]:
-                    waiting.append(i)
-            pending = waiting
-            if not pending:
-                break
-        ranked = []
-        for blocks, best, k in zip(scanned, kept, ks, strict=True):
-            scores = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
-            kth = best[0] if best.size else -np.inf
-            ranked.append(_best_of(scores, self.norm_order[: scores.size], k, kth))
-        return ranked
-
-    def _excluded_positions(self, allowed: np.ndarray) -> np.ndarray | None:
-        """Sorted scan positions of the items ``allowed`` leaves out when they are few (a new user's
-        liked movies, a known user's seen ones): each block is then masked by position. None when
-        many are (a genre filter): blocks gather the mask instead."""
-        excluded = np.flatnonzero(~allowed)
-        if excluded.size > self.n_items // 16:
-            return None
-        return np.sort(self.norm_position[excluded])
-
     def explain(self, rows: np.ndarray, liked_rows: np.ndarray, values: np.ndarray) -> list[int | None]:
         """For each recommended item, the liked item with the largest share of its ALS score.
 
@@ -324,20 +224,17 @@ class FactorModel:
         """
         if liked_rows.size == 0 or rows.size == 0:
             return [None] * len(rows)
-        confidence = weight_rows(
-            np.array([0, liked_rows.size]),
-            liked_rows,
+        system, _, confidence = fold_in_system(
+            self.item_factors,
+            np.asarray(liked_rows, dtype=np.int64),
             values,
-            self.n_items,
+            self.regularization,
             self.weighting,
             self.length_norm,
-        ).astype(np.float64)
-        y_liked = self.item_factors[liked_rows].astype(np.float64)
-        factors = self.item_factors.shape[1]
-        system = (
-            self.gram + (y_liked.T * (confidence - 1.0)) @ y_liked + self.regularization * np.eye(factors)
+            self.gram,
         )
         weighted = solve_positive(system, self.item_factors[rows].astype(np.float64).T).T  # y_i^T W_u
+        y_liked = self.item_factors[liked_rows].astype(np.float64)
         contributions = (weighted @ y_liked.T) * confidence
         return [int(liked_rows[j]) for j in np.argmax(contributions, axis=1)]
 
@@ -424,12 +321,6 @@ class ColdScorer:
             return block
         assert isinstance(self.model, ItemItemModel) and self.similarity is not None
         return np.asarray((self.model.inputs[start:stop] @ self.similarity).toarray())
-
-    def vector_scores(self, vector: np.ndarray) -> np.ndarray:
-        """ALS: scores for a user given as a factor vector (a fold-in)."""
-        assert self.factors is not None
-        scores: np.ndarray = self.factors @ vector
-        return scores
 
     def liked_scores(self, liked_rows: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Item-item kinds: scores for a user given as liked rows and their input values."""

@@ -287,8 +287,8 @@ def test_a_new_users_cold_slots_are_the_best_allowed_cold_movies(cold_bundles, k
             query = engine.liked_query(known, 10, genres)
             scorer = engine.cold.scorer
             scores = (
-                scorer.vector_scores(query.vector)
-                if query.vector is not None
+                scorer.factors @ query.vector
+                if scorer.factors is not None and query.vector is not None
                 else scorer.liked_scores(query.liked_rows, query.values)
             )
             allowed = np.ones(engine.cold.n_cold, dtype=bool)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import replace
 
@@ -25,6 +26,7 @@ from recsys_serving.confidence import (
     fold_in,
     item_length_norm,
     solve_positive,
+    weight_rows,
 )
 
 
@@ -125,6 +127,34 @@ def test_positive_solver_equals_the_general_one_and_falls_back_when_not_positive
     for a in (positive, indefinite):
         for b in (rng.normal(size=8), rng.normal(size=(8, 3))):
             np.testing.assert_allclose(solve_positive(a, b), np.linalg.solve(a, b), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("scheme", ["linear", "log", "bm25"])
+def test_confidences_follow_each_schemes_formula(scheme: str) -> None:
+    """Written out entry by entry: an empty user, ordinary ones, and one so heavy that BM25's idf
+    is negative (the confidence is floored at 1e-6)."""
+    rng = np.random.default_rng(5)
+    n_items, per_user = 12, [3, 0, 7, 40]
+    indptr = np.concatenate([[0], np.cumsum(per_user)])
+    indices = rng.integers(0, n_items, size=indptr[-1])
+    values = rng.integers(1, 6, size=indptr[-1]).astype(np.float32)
+    weighting = Weighting(scheme=scheme, alpha=3.0, epsilon=2.0, bm25_k1=1.5, bm25_b=0.75)
+    norm = rng.uniform(0.5, 2.0, size=n_items).astype(np.float32)
+    got = weight_rows(indptr, indices, values, n_items, weighting, norm if scheme == "bm25" else None)
+    expected = []
+    for user, count in enumerate(per_user):
+        for at in range(indptr[user], indptr[user] + count):
+            w = float(values[at])
+            if scheme == "linear":
+                c = 3.0 * w
+            elif scheme == "log":
+                c = 3.0 * math.log(1 + w / 2.0)
+            else:
+                idf = math.log(n_items) - math.log(1 + count)
+                c = 3.0 * w * 2.5 / (1.5 * float(norm[indices[at]]) + w) * idf
+            expected.append(max(c, 1e-6))
+    np.testing.assert_allclose(got, np.array(expected, dtype=np.float32), rtol=1e-6)
+    assert got.dtype == np.float32 and (scheme != "bm25" or (got[indptr[3] :] == np.float32(1e-6)).all())
 
 
 @pytest.mark.parametrize("scheme", ["linear", "log", "bm25"])

@@ -1,5 +1,5 @@
-"""The exact search behind a flat index (FactorModel.rank_vectors): items scanned by decreasing
-norm and the scan stopped once nothing left can reach the k-th best. It must give the full scan's
+"""The exact search behind a flat index (recsys_serving.search): items scanned by decreasing norm
+and the scan stopped once nothing left can reach the k-th best. It must give the full scan's
 answer (same rows, same order, ties to the lower row) for every kind of filter, while scanning
 less than the whole catalogue when the norms allow."""
 
@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 import pytest
 
-from recsys_serving import models
+from recsys_serving import search
 from recsys_serving.confidence import Weighting
 from recsys_serving.models import FactorModel, exact
 
@@ -27,40 +27,26 @@ def factor_model(n_items: int, factors: int, seed: int) -> FactorModel:
     return FactorModel(item_ids, item_factors, rng.normal(size=(3, factors)), index, Weighting(), 0.1, None)
 
 
-def filters(n_items: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """All but a few items (a new user's liked movies: also given as the blocked rows), a
-    genre-like half, a handful, none."""
-    blocked = rng.choice(n_items, 5, replace=False)
+def scan_norms(model: FactorModel) -> np.ndarray:
+    return np.linalg.norm(model.item_factors.astype(np.float64), axis=1)
+
+
+def filters(n_items: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """All but a few items (a new user's liked movies), a genre-like half, a handful, none."""
     few_blocked = np.ones(n_items, dtype=bool)
-    few_blocked[blocked] = False
+    few_blocked[rng.choice(n_items, 5, replace=False)] = False
     half = rng.random(n_items) < 0.5
     handful = np.zeros(n_items, dtype=bool)
     handful[rng.choice(n_items, 4, replace=False)] = True
     none = np.zeros(n_items, dtype=bool)
-    return [(few_blocked, None), (few_blocked, blocked), (half, None), (handful, None), (none, None)]
+    return [few_blocked, half, handful, none]
 
 
-@pytest.mark.parametrize(
-    ("n_items", "factors", "first_block"),
-    [
-        (300, 16, models.FIRST_BLOCK),
-        (9_000, 4, models.FIRST_BLOCK),
-        (20_000, 16, models.FIRST_BLOCK),
-        (3_000, 8, 8),
-    ],
-)
-def test_pruned_scan_gives_the_full_scan_answer(
-    n_items: int, factors: int, first_block: int, monkeypatch
-) -> None:
-    monkeypatch.setattr(models, "FIRST_BLOCK", first_block)  # small blocks: a stop decision every few items
-    scanned: list[int] = []
-    best_of = models._best_of
-    monkeypatch.setattr(
-        models, "_best_of", lambda scores, *rest: scanned.append(scores.size) or best_of(scores, *rest)
-    )
+@pytest.mark.parametrize(("n_items", "factors"), [(300, 16), (9_000, 4), (20_000, 16), (3_000, 32)])
+def test_pruned_scan_gives_the_full_scan_answer(n_items: int, factors: int) -> None:
     model = factor_model(n_items, factors, seed=n_items)
     rng = np.random.default_rng(1)
-    top = model.item_factors[model.norm_order[0]]
+    top = model.item_factors[model.scan.order[0]]
     vectors = [
         rng.normal(size=factors),
         rng.normal(size=factors) * 1e-3,
@@ -69,31 +55,48 @@ def test_pruned_scan_gives_the_full_scan_answer(
         np.zeros(factors),  # every score 0: all tied
         model.item_factors[n_items // 2],  # a duplicated item's own direction
         # the directions of shorter items: the best ones are found late in the scan
-        *(model.item_factors[model.norm_order[int(n_items * f)]] for f in (0.05, 0.3, 0.6, 0.9)),
+        *(model.item_factors[model.scan.order[int(n_items * f)]] for f in (0.05, 0.3, 0.6, 0.9)),
     ]
-    cases = [
-        (np.asarray(v, dtype=np.float32), k, allowed, blocked)
-        for v in vectors
-        for allowed, blocked in filters(n_items, rng)
-        for k in (1, 10, 100)
-    ]
-    for vector, k, allowed, blocked in cases:
-        expected = exact(model.item_factors @ vector, k, allowed)
-        got = model.rank_vectors(vector[None, :], [k], [allowed], [blocked])[0]
-        assert got.rows.tolist() == expected.rows.tolist()
-        np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5, atol=1e-6)
-    # Ranked together (one matrix product per block) as ranked alone.
-    together = model.rank_vectors(
-        np.stack([c[0] for c in cases]), [c[1] for c in cases], [c[2] for c in cases], [c[3] for c in cases]
-    )
-    for (vector, k, allowed, _), got in zip(cases, together, strict=True):
-        assert got.rows.tolist() == exact(model.item_factors @ vector, k, allowed).rows.tolist()
-    if n_items > first_block:
-        assert min(scanned) < n_items, "no query stopped early: the pruning is not exercised"
+    for v in vectors:
+        vector = np.asarray(v, dtype=np.float32)
+        true_scores = model.item_factors.astype(np.float64) @ vector
+        # float32 rounding of a dot product, relative to the largest |y| |u|
+        tolerance = 1e-5 * float(np.linalg.norm(vector)) * float(scan_norms(model).max()) + 1e-12
+        for allowed in [*filters(n_items, rng), None]:
+            for k in (1, 10, 100, n_items + 1):
+                expected = exact(true_scores, k, allowed)
+                rows, scores = model.scan.top_k(vector, k, allowed)
+                np.testing.assert_allclose(scores, true_scores[rows], atol=tolerance, rtol=0)
+                if k <= 100:  # the top of the list, ties (duplicated items) to the lower row
+                    assert rows.tolist() == expected.rows.tolist()
+                else:  # the whole catalogue in order: neighbours closer than rounding may swap
+                    assert sorted(rows.tolist()) == sorted(expected.rows.tolist())
+                    np.testing.assert_allclose(
+                        true_scores[rows], true_scores[expected.rows], atol=2 * tolerance, rtol=0
+                    )
 
 
-def test_blocks_cover_every_item_once() -> None:
-    for n in (0, 1, models.FIRST_BLOCK, models.FIRST_BLOCK + 1, 100_000):
-        bounds = models.block_bounds(n)
-        covered = np.concatenate([np.arange(a, b) for a, b in bounds]) if bounds else np.empty(0)
-        assert covered.tolist() == list(range(n))
+def test_the_scan_stops_early_and_only_when_nothing_left_can_reach_the_kth_best() -> None:
+    """The scan must read every item whose bound (|y| |u|) could still reach the final k-th best,
+    and most queries of ALS-like factors must stop well before the end."""
+    n_items, factors, k = 20_000, 16, 10
+    model = factor_model(n_items, factors, seed=7)
+    scan = model.scan
+    rng = np.random.default_rng(2)
+    stopped_early = 0
+    for _ in range(50):
+        vector = rng.normal(size=factors).astype(np.float32)
+        _, scores, scanned = scan.top_k_scanned(vector, k)
+        reach = float(np.linalg.norm(vector.astype(np.float64))) * (1 + search.MARGIN)
+        in_reach = np.flatnonzero(scan.norms * reach >= scores[-1])
+        assert scanned > (in_reach.max() if in_reach.size else -1)
+        stopped_early += scanned < n_items // 4
+    assert stopped_early > 25, "the bound pruned almost nothing: the scan is not early-stopping"
+
+
+def test_a_vector_of_another_dtype_or_layout_is_ranked_the_same() -> None:
+    model = factor_model(500, 8, seed=3)
+    vector = np.random.default_rng(4).normal(size=(8, 2))[:, 0]  # float64, strided
+    expected = model.scan.top_k(np.ascontiguousarray(vector, dtype=np.float32), 10)
+    got = model.scan.top_k(vector, 10)
+    assert got[0].tolist() == expected[0].tolist()

@@ -591,3 +591,25 @@ def test_a_direct_route_refuses_parameters_it_would_never_resolve() -> None:
     routes.get("/fine")(fine)
     with pytest.raises(TypeError, match="takes only the Request.*k"):
         routes.get("/k")(with_query)
+
+
+def test_the_api_answers_concurrent_cold_starts_as_the_engine_does(tmp_path: Path, bundles) -> None:
+    """Sixteen cold starts at once, each answered with its own list."""
+    root = tmp_path / "bundles"
+    root.mkdir()
+    shutil.copytree(bundles["a"], root / bundles["a"].name)
+    promote(root, bundles["a"].name, reason="test")
+    bundle = load_bundle(bundles["a"])
+    engine = Engine(bundle)
+    rng = np.random.default_rng(1)
+    bodies = [
+        {"liked": rng.choice(bundle.item_ids, 4, replace=False).tolist(), "k": int(rng.choice([3, 10]))}
+        for _ in range(48)
+    ]
+    with Server(settings_for(root, tmp_path)) as client, ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda body: client.post("/recommendations", json=body), bodies))
+    for body, response in zip(bodies, responses, strict=True):
+        assert response.status_code == 200, response.text
+        expected = engine.recommend_liked(engine.catalogue_rows(body["liked"]), body["k"], [], False)
+        got = [item["movieId"] for item in response.json()["items"]]
+        assert got == bundle.item_ids[expected.rows].tolist()

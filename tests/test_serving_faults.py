@@ -45,7 +45,6 @@ def logged_rows(path: Path) -> int:
 ROUTES = {
     # route: (the engine method that scores it, the request)
     "known user": ("recommend_known", lambda c, b: c.get(f"/users/{int(b.user_ids[2])}/recommendations")),
-    # before the batched ranking: the swap lands while the request waits for its batch
     "cold start": (
         "liked_query",
         lambda c, b: c.post("/recommendations", json={"liked": b.item_ids[:3].tolist(), "k": 5}),

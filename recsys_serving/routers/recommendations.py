@@ -111,16 +111,15 @@ def router(settings: ServingSettings) -> APIRouter:
         check_length(body.genres, "genres", limit, "body")
         check_genres(current, body.genres, "genres", "body")
         check_k(body.k, settings.max_k, "body", body.k)
-        rows = current.catalogue_rows(body.liked)
-        unknown = sorted({m for m, row in zip(body.liked, rows.tolist(), strict=True) if row < 0})
-        known = np.unique(rows[rows >= 0])
-        if not (known < current.n_items).any():
+        # A handful of ids: plain Python costs less than numpy calls.
+        rows = [current.catalogue_row(m) for m in body.liked]
+        unknown = sorted({m for m, row in zip(body.liked, rows, strict=True) if row is None})
+        known = np.array(sorted({row for row in rows if row is not None}), dtype=np.int64)
+        if not any(row < current.n_items for row in known.tolist()):
             service.metrics.fallbacks.labels("no_known_liked").inc()
             scored, strategy = current.popular(body.k, body.genres, known), "popular_fallback"
         else:
-            query = current.liked_query(known, body.k, body.genres)
-            ranked = await service.searches.rank_liked(current, query)
-            scored, strategy = current.finish_liked(query, ranked, body.explain), "fold_in"
+            scored, strategy = current.recommend_liked(known, body.k, body.genres, body.explain), "fold_in"
         return movie_list(
             request,
             current,

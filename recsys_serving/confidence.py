@@ -152,22 +152,23 @@ def fold_in(
     return solution
 
 
-def fold_in_system(
+def largest_contributions(
     item_factors: np.ndarray,
+    rows: np.ndarray,
     items: np.ndarray,
     values: np.ndarray,
     regularization: float,
     weighting: Weighting,
     length_norm: np.ndarray | None = None,
     gram: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The fold-in's normal equations for liked ``items``: (Y^T C_u Y + lambda I, Y^T C_u p_u as
-    a column, the items' confidences)."""
+) -> np.ndarray:
+    """For each of ``rows``, the position in ``items`` (the liked ones) of the largest term of its
+    folded-in score: score(u, i) = sum_j c_uj * y_i^T W_u y_j with W_u = (Y^T C_u Y + lambda I)^-1
+    (Hu, Koren and Volinsky 2008). Ties go to the first liked item."""
     items = np.asarray(items, dtype=np.int64)
-    system: tuple[np.ndarray, np.ndarray, np.ndarray] = _user_system(
-        *_user_arguments(item_factors, items, values, regularization, weighting, length_norm, gram)
-    )
-    return system
+    arguments = _user_arguments(item_factors, items, values, regularization, weighting, length_norm, gram)
+    best: np.ndarray = _largest_contributions(np.asarray(rows, dtype=np.int64), *arguments)
+    return best
 
 
 # The kernels' arguments for one user: factors, items, values, the weighting, the Gram matrix, lambda.
@@ -221,6 +222,42 @@ def _user_system(
 
 
 @compiled
+def _largest_contributions(
+    rows: np.ndarray,
+    item_factors: np.ndarray,
+    items: np.ndarray,
+    values: np.ndarray,
+    scheme: int,
+    alpha: float,
+    epsilon: float,
+    k1: float,
+    length_norm: np.ndarray,
+    gram: np.ndarray,
+    regularization: float,
+) -> np.ndarray:
+    system, _, confidence = _user_system(
+        item_factors, items, values, scheme, alpha, epsilon, k1, length_norm, gram, regularization
+    )
+    factors = gram.shape[0]
+    recommended = np.empty((factors, rows.size))
+    for r in range(rows.size):
+        for i in range(factors):
+            recommended[i, r] = item_factors[rows[r], i]
+    weighted = solve_positive(system, recommended)  # W_u y_i, one column per recommended item
+    best = np.zeros(rows.size, dtype=np.int64)
+    for r in range(rows.size):
+        largest = -np.inf
+        for j in range(items.size):
+            term = 0.0
+            for i in range(factors):
+                term += weighted[i, r] * item_factors[items[j], i]
+            term *= confidence[j]
+            if term > largest:
+                largest, best[r] = term, j
+    return best
+
+
+@compiled
 def _fold_in(
     item_factors: np.ndarray,
     items: np.ndarray,
@@ -236,7 +273,7 @@ def _fold_in(
     system, target, _ = _user_system(
         item_factors, items, values, scheme, alpha, epsilon, k1, length_norm, gram, regularization
     )
-    return _solve_positive(system, target)[:, 0].astype(np.float32)
+    return solve_positive(system, target)[:, 0].astype(np.float32)
 
 
 @compiled
@@ -263,18 +300,11 @@ def _normal_equations(
     return system, target
 
 
-def solve_positive(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a^-1 b`` for a symmetric positive definite ``a`` (a regularised Gram matrix) by Cholesky;
-    a matrix that is not positive definite (no regularisation, fewer items than factors) goes to
-    the general solver."""
-    a = np.ascontiguousarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    solution: np.ndarray = _solve_positive(a, np.ascontiguousarray(b.reshape(b.shape[0], -1)))
-    return solution.reshape(b.shape)
-
-
 @compiled
-def _solve_positive(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def solve_positive(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a^-1 b`` (``b``: one column per right-hand side) for a symmetric positive definite ``a``
+    (a regularised Gram matrix) by Cholesky; a matrix that is not positive definite (no
+    regularisation, fewer items than factors) goes to the general solver."""
     n = a.shape[0]
     low = np.zeros((n, n))
     for j in range(n):

@@ -16,7 +16,7 @@ from threadpoolctl import threadpool_limits
 
 from .bundle import Bundle, popularity_order
 from .cold import ColdCatalogue, merge
-from .confidence import Weighting, fold_in, solve_positive
+from .confidence import Weighting, fold_in, largest_contributions
 from .models import FactorModel, Scored, lookup
 from .search import NormOrderedScan
 
@@ -316,7 +316,16 @@ def compile_kernels() -> None:
             np.ones(4, dtype=np.float32),
             np.eye(4),
         )
-    solve_positive(np.eye(4), np.ones((4, 2)))
+    largest_contributions(
+        factors,
+        np.array([2, 3]),
+        np.array([0, 1]),
+        np.ones(2, dtype=np.float32),
+        0.1,
+        Weighting(),
+        np.ones(4, dtype=np.float32),
+        np.eye(4),
+    )
 
 
 def limit_threads() -> None:

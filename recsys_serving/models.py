@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
-from .confidence import Weighting, fold_in, fold_in_system, solve_positive
+from .confidence import Weighting, fold_in, largest_contributions
 from .search import NormOrderedScan
 
 KINDS = ("als", "ease", "item_knn")
@@ -217,26 +217,21 @@ class FactorModel:
         return Scored(rows, scores)
 
     def explain(self, rows: np.ndarray, liked_rows: np.ndarray, values: np.ndarray) -> list[int | None]:
-        """For each recommended item, the liked item with the largest share of its ALS score.
-
-        score(u, i) = sum_j c_uj * y_i^T W_u y_j with W_u = (Y^T C_u Y + lambda I)^-1 (Hu, Koren
-        and Volinsky 2008), so the j-th term is liked item j's contribution.
-        """
+        """For each recommended item, the liked item with the largest share of its ALS score
+        (:func:`.confidence.largest_contributions`)."""
         if liked_rows.size == 0 or rows.size == 0:
             return [None] * len(rows)
-        system, _, confidence = fold_in_system(
+        largest = largest_contributions(
             self.item_factors,
-            np.asarray(liked_rows, dtype=np.int64),
+            rows,
+            liked_rows,
             values,
             self.regularization,
             self.weighting,
             self.length_norm,
             self.gram,
         )
-        weighted = solve_positive(system, self.item_factors[rows].astype(np.float64).T).T  # y_i^T W_u
-        y_liked = self.item_factors[liked_rows].astype(np.float64)
-        contributions = (weighted @ y_liked.T) * confidence
-        return [int(liked_rows[j]) for j in np.argmax(contributions, axis=1)]
+        return [int(liked_rows[j]) for j in largest]
 
     def similar(self, item_row: int, k: int) -> Scored:
         cosine = self.unit_factors @ self.unit_factors[item_row]

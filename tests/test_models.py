@@ -28,6 +28,7 @@ from recsys_serving.confidence import (
     solve_positive,
     weight_rows,
 )
+from recsys_serving.models import FactorModel
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,7 @@ def test_positive_solver_equals_the_general_one_and_falls_back_when_not_positive
     positive = y.T @ y + 0.1 * np.eye(8)
     indefinite = positive - 2 * np.linalg.eigvalsh(positive).max() * np.outer(np.eye(8)[0], np.eye(8)[0])
     for a in (positive, indefinite):
-        for b in (rng.normal(size=8), rng.normal(size=(8, 3))):
+        for b in (rng.normal(size=(8, 1)), rng.normal(size=(8, 3))):
             np.testing.assert_allclose(solve_positive(a, b), np.linalg.solve(a, b), rtol=1e-9, atol=1e-12)
 
 
@@ -182,6 +183,46 @@ def test_fold_in_matches_the_training_solve(scheme: str) -> None:
             np.corrcoef(got @ model.item_factors.T, model.user_factors[user] @ model.item_factors.T)[0, 1]
             > 0.9
         )
+
+
+@pytest.mark.parametrize("scheme", ["linear", "bm25"])
+def test_explanations_name_the_liked_item_with_the_largest_term(scheme: str) -> None:
+    """score(u, i) = sum_j c_uj y_i^T W_u y_j: each recommended item is explained by the liked
+    item j with the largest term, computed here with numpy from the formula."""
+    rng = np.random.default_rng(6)
+    n_items, factors = 80, 6
+    item_factors = (rng.normal(size=(n_items, factors)) * rng.lognormal(0, 0.5, size=(n_items, 1))).astype(
+        np.float32
+    )
+    weighting = Weighting(scheme=scheme, alpha=4.0)
+    norm = rng.uniform(0.5, 2.0, size=n_items).astype(np.float32) if scheme == "bm25" else None
+    ids = np.arange(n_items, dtype=np.int64)
+    model = FactorModel(ids, item_factors, item_factors[:2], faiss.IndexFlatIP(factors), weighting, 0.3, norm)
+    y = item_factors.astype(np.float64)
+    for _ in range(20):
+        liked = rng.choice(n_items, int(rng.integers(1, 9)), replace=False)
+        values = rng.integers(1, 5, size=liked.size).astype(np.float32)
+        rows = rng.choice(n_items, 10, replace=False)
+        c = weight_rows(np.array([0, liked.size]), liked, values, n_items, weighting, norm).astype(np.float64)
+        w_u = np.linalg.inv(y.T @ y + (y[liked].T * (c - 1)) @ y[liked] + 0.3 * np.eye(factors))
+        terms = (y[rows] @ w_u @ y[liked].T) * c
+        assert model.explain(rows, liked, values) == [int(liked[j]) for j in np.argmax(terms, axis=1)]
+    # Two liked copies of one movie tie on every term: the first named wins, as numpy's argmax.
+    twins = np.concatenate([item_factors, item_factors[:1]])
+    model = FactorModel(
+        np.arange(n_items + 1),
+        twins,
+        twins[:2],
+        faiss.IndexFlatIP(factors),
+        weighting,
+        0.3,
+        None if norm is None else np.append(norm, norm[0]),
+    )
+    for liked in ([n_items, 0, 5], [0, n_items, 5]):
+        assert set(model.explain(np.arange(10, 20), np.array(liked), np.ones(3, dtype=np.float32))) <= {
+            liked[0],
+            5,
+        }
 
 
 def test_flat_index_equals_brute_force() -> None:

@@ -61,13 +61,15 @@ def weight_rows(
         np.asarray(indices),
         np.asarray(values, dtype=np.float32),
         int(n_items),
-        *_kernel_weighting(weighting, length_norm),
+        _kernel_weighting(weighting, length_norm),
     )
 
 
-def _kernel_weighting(
-    weighting: Weighting, length_norm: np.ndarray | None
-) -> tuple[int, float, float, float, np.ndarray]:
+# A weighting as the kernels take it: scheme (index in SCHEMES), alpha, epsilon, k1, length norm.
+KernelWeighting = tuple[int, float, float, float, np.ndarray]
+
+
+def _kernel_weighting(weighting: Weighting, length_norm: np.ndarray | None) -> KernelWeighting:
     """The weighting as the kernels take it. Scalars as Python floats and ints (arrays keep their
     integer widths): each new combination of argument types compiles a kernel again."""
     if weighting.scheme == "bm25" and length_norm is None:
@@ -91,12 +93,9 @@ def _confidences(
     indices: np.ndarray,
     values: np.ndarray,
     n_items: int,
-    scheme: int,
-    alpha: float,
-    epsilon: float,
-    k1: float,
-    length_norm: np.ndarray,
+    weighting: KernelWeighting,
 ) -> np.ndarray:
+    scheme, alpha, epsilon, k1, length_norm = weighting
     out = np.empty(values.size, dtype=np.float32)
     log_items = math.log(max(n_items, 1))
     for user in range(indptr.size - 1):
@@ -140,104 +139,75 @@ def fold_in(
     """Solve one user's ALS factors from liked items (the implicit-feedback least-squares step).
 
     x_u = (Y^T Y + Y^T (C_u - I) Y + lambda I)^-1 Y^T C_u p_u, with C_u from the same weighting
-    as training. ``gram`` (Y^T Y, float64) can be passed in precomputed. One kernel call: the
-    weights, the equations and the solve.
+    as training. ``gram`` (Y^T Y, float64) can be passed in precomputed.
     """
-    items = np.asarray(items, dtype=np.int64)
-    if items.size == 0:
-        return np.zeros(item_factors.shape[1], dtype=np.float32)
-    solution: np.ndarray = _fold_in(
-        *_user_arguments(item_factors, items, values, regularization, weighting, length_norm, gram)
-    )
-    return solution
+    return UserSolver.of(item_factors, regularization, weighting, length_norm, gram).vector(items, values)
 
 
-def largest_contributions(
-    item_factors: np.ndarray,
-    rows: np.ndarray,
-    items: np.ndarray,
-    values: np.ndarray,
-    regularization: float,
-    weighting: Weighting,
-    length_norm: np.ndarray | None = None,
-    gram: np.ndarray | None = None,
-) -> np.ndarray:
-    """For each of ``rows``, the position in ``items`` (the liked ones) of the largest term of its
-    folded-in score: score(u, i) = sum_j c_uj * y_i^T W_u y_j with W_u = (Y^T C_u Y + lambda I)^-1
-    (Hu, Koren and Volinsky 2008). Ties go to the first liked item."""
-    items = np.asarray(items, dtype=np.int64)
-    arguments = _user_arguments(item_factors, items, values, regularization, weighting, length_norm, gram)
-    best: np.ndarray = _largest_contributions(np.asarray(rows, dtype=np.int64), *arguments)
-    return best
+@dataclass(frozen=True)
+class UserSolver:
+    """Folds users into trained item factors; what every user shares is prepared once, and each
+    user is one kernel call (the weights, the normal equations, the Cholesky solve)."""
+
+    item_factors: np.ndarray
+    weighting: KernelWeighting
+    gram: np.ndarray  # Y^T Y, float64
+    regularization: float
+
+    @classmethod
+    def of(
+        cls,
+        item_factors: np.ndarray,
+        regularization: float,
+        weighting: Weighting,
+        length_norm: np.ndarray | None = None,
+        gram: np.ndarray | None = None,
+    ) -> UserSolver:
+        if gram is None:
+            factors64 = item_factors.astype(np.float64)
+            gram = factors64.T @ factors64
+        return cls(item_factors, _kernel_weighting(weighting, length_norm), gram, float(regularization))
+
+    def vector(self, items: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """The user's factors (float32) from their liked ``items`` and interaction ``values``."""
+        items = np.asarray(items, dtype=np.int64)
+        if items.size == 0:
+            return np.zeros(self.item_factors.shape[1], dtype=np.float32)
+        solution: np.ndarray = _fold_in(self._user(items, values))
+        return solution
+
+    def largest_contributions(self, rows: np.ndarray, items: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """For each of ``rows``, the position in ``items`` (the liked ones) of the largest term of
+        its folded-in score: score(u, i) = sum_j c_uj * y_i^T W_u y_j with
+        W_u = (Y^T C_u Y + lambda I)^-1 (Hu, Koren and Volinsky 2008). Ties go to the first liked
+        item."""
+        items = np.asarray(items, dtype=np.int64)
+        best: np.ndarray = _largest_contributions(np.asarray(rows, dtype=np.int64), self._user(items, values))
+        return best
+
+    def _user(self, items: np.ndarray, values: np.ndarray) -> KernelUser:
+        values = np.asarray(values, dtype=np.float32)
+        return self.item_factors, items, values, self.weighting, self.gram, self.regularization
 
 
-# The kernels' arguments for one user: factors, items, values, the weighting, the Gram matrix, lambda.
-UserArguments = tuple[
-    np.ndarray, np.ndarray, np.ndarray, int, float, float, float, np.ndarray, np.ndarray, float
-]
-
-
-def _user_arguments(
-    item_factors: np.ndarray,
-    items: np.ndarray,
-    values: np.ndarray,
-    regularization: float,
-    weighting: Weighting,
-    length_norm: np.ndarray | None,
-    gram: np.ndarray | None,
-) -> UserArguments:
-    if gram is None:
-        factors64 = item_factors.astype(np.float64)
-        gram = factors64.T @ factors64
-    return (
-        item_factors,
-        items,
-        np.asarray(values, dtype=np.float32),
-        *_kernel_weighting(weighting, length_norm),
-        gram,
-        float(regularization),
-    )
+# One user as the kernels take them: item factors, liked items, values, weighting, Y^T Y, lambda.
+KernelUser = tuple[np.ndarray, np.ndarray, np.ndarray, KernelWeighting, np.ndarray, float]
 
 
 @compiled
-def _user_system(
-    item_factors: np.ndarray,
-    items: np.ndarray,
-    values: np.ndarray,
-    scheme: int,
-    alpha: float,
-    epsilon: float,
-    k1: float,
-    length_norm: np.ndarray,
-    gram: np.ndarray,
-    regularization: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _user_system(user: KernelUser) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    item_factors, items, values, weighting, gram, regularization = user
     indptr = np.array([0, items.size])
-    weights = _confidences(
-        indptr, items, values, item_factors.shape[0], scheme, alpha, epsilon, k1, length_norm
-    )
+    weights = _confidences(indptr, items, values, item_factors.shape[0], weighting)
     confidence = weights.astype(np.float64)
     system, target = _normal_equations(item_factors, items, confidence, gram, regularization)
     return system, target, confidence
 
 
 @compiled
-def _largest_contributions(
-    rows: np.ndarray,
-    item_factors: np.ndarray,
-    items: np.ndarray,
-    values: np.ndarray,
-    scheme: int,
-    alpha: float,
-    epsilon: float,
-    k1: float,
-    length_norm: np.ndarray,
-    gram: np.ndarray,
-    regularization: float,
-) -> np.ndarray:
-    system, _, confidence = _user_system(
-        item_factors, items, values, scheme, alpha, epsilon, k1, length_norm, gram, regularization
-    )
+def _largest_contributions(rows: np.ndarray, user: KernelUser) -> np.ndarray:
+    item_factors, items, _, _, gram, _ = user
+    system, _, confidence = _user_system(user)
     factors = gram.shape[0]
     recommended = np.empty((factors, rows.size))
     for r in range(rows.size):
@@ -258,21 +228,8 @@ def _largest_contributions(
 
 
 @compiled
-def _fold_in(
-    item_factors: np.ndarray,
-    items: np.ndarray,
-    values: np.ndarray,
-    scheme: int,
-    alpha: float,
-    epsilon: float,
-    k1: float,
-    length_norm: np.ndarray,
-    gram: np.ndarray,
-    regularization: float,
-) -> np.ndarray:
-    system, target, _ = _user_system(
-        item_factors, items, values, scheme, alpha, epsilon, k1, length_norm, gram, regularization
-    )
+def _fold_in(user: KernelUser) -> np.ndarray:
+    system, target, _ = _user_system(user)
     return solve_positive(system, target)[:, 0].astype(np.float32)
 
 

@@ -16,7 +16,7 @@ from threadpoolctl import threadpool_limits
 
 from .bundle import Bundle, popularity_order
 from .cold import ColdCatalogue, merge
-from .confidence import Weighting, fold_in, largest_contributions
+from .confidence import UserSolver, Weighting
 from .models import FactorModel, Scored, lookup
 from .search import NormOrderedScan
 
@@ -307,25 +307,9 @@ def compile_kernels() -> None:
     factors = np.eye(4, dtype=np.float32)
     NormOrderedScan(factors)
     for scheme in ("linear", "bm25"):
-        fold_in(
-            factors,
-            np.array([0, 1]),
-            np.ones(2, dtype=np.float32),
-            0.1,
-            Weighting(scheme),
-            np.ones(4, dtype=np.float32),
-            np.eye(4),
-        )
-    largest_contributions(
-        factors,
-        np.array([2, 3]),
-        np.array([0, 1]),
-        np.ones(2, dtype=np.float32),
-        0.1,
-        Weighting(),
-        np.ones(4, dtype=np.float32),
-        np.eye(4),
-    )
+        users = UserSolver.of(factors, 0.1, Weighting(scheme), np.ones(4, dtype=np.float32))
+        users.vector(np.array([0, 1]), np.ones(2, dtype=np.float32))
+        users.largest_contributions(np.array([2, 3]), np.array([0, 1]), np.ones(2, dtype=np.float32))
 
 
 def limit_threads() -> None:

@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
-from .confidence import Weighting, fold_in, largest_contributions
+from .confidence import UserSolver, Weighting
 from .search import NormOrderedScan
 
 KINDS = ("als", "ease", "item_knn")
@@ -158,7 +158,7 @@ class FactorModel:
         # Approximate indexes are searched: they exist to avoid the full scan.
         self.scan_exactly = isinstance(inner, faiss.IndexFlat)
         self.label_space = int(item_ids.max()) + 1 if self.n_items else 0
-        self.gram = self.item_factors.T.astype(np.float64) @ self.item_factors.astype(np.float64)
+        self.users = UserSolver.of(self.item_factors, regularization, weighting, length_norm)
         self.unit_factors = np.divide(
             self.item_factors,
             norms[:, None].astype(np.float32),
@@ -174,16 +174,7 @@ class FactorModel:
 
     def liked_vector(self, liked_rows: np.ndarray, values: np.ndarray) -> np.ndarray:
         """A new user's factors, solved from the movies they like (fold-in)."""
-        vector = fold_in(
-            self.item_factors,
-            liked_rows,
-            values,
-            self.regularization,
-            self.weighting,
-            self.length_norm,
-            gram=self.gram,
-        )
-        return vector
+        return self.users.vector(liked_rows, values)
 
     def rank_liked(self, liked_rows: np.ndarray, values: np.ndarray, k: int, allowed: np.ndarray) -> Scored:
         return self.rank_vector(self.liked_vector(liked_rows, values), k, allowed)
@@ -218,19 +209,10 @@ class FactorModel:
 
     def explain(self, rows: np.ndarray, liked_rows: np.ndarray, values: np.ndarray) -> list[int | None]:
         """For each recommended item, the liked item with the largest share of its ALS score
-        (:func:`.confidence.largest_contributions`)."""
+        (:meth:`.confidence.UserSolver.largest_contributions`)."""
         if liked_rows.size == 0 or rows.size == 0:
             return [None] * len(rows)
-        largest = largest_contributions(
-            self.item_factors,
-            rows,
-            liked_rows,
-            values,
-            self.regularization,
-            self.weighting,
-            self.length_norm,
-            self.gram,
-        )
+        largest = self.users.largest_contributions(rows, liked_rows, values)
         return [int(liked_rows[j]) for j in largest]
 
     def similar(self, item_row: int, k: int) -> Scored:

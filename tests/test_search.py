@@ -24,7 +24,9 @@ def factor_model(n_items: int, factors: int, seed: int) -> FactorModel:
     item_ids = np.arange(1, n_items + 1, dtype=np.int64)
     index = faiss.IndexIDMap(faiss.IndexFlatIP(factors))
     index.add_with_ids(item_factors.astype(np.float32), item_ids)
-    return FactorModel(item_ids, item_factors, rng.normal(size=(3, factors)), index, Weighting(), 0.1, None)
+    return FactorModel(
+        item_ids, item_factors, rng.normal(size=(3, factors)), index, Weighting("linear"), 0.1, None
+    )
 
 
 def scan_norms(model: FactorModel) -> np.ndarray:

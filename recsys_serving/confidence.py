@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
-from .search import compiled
+from .compiled import compiled
 
 Scheme = Literal["linear", "log", "bm25"]
 

@@ -18,14 +18,9 @@ import math
 from typing import Any
 
 import numpy as np
-from numba import njit
 
-# Reassociation lets LLVM vectorise sums (dot products, the Cholesky updates): results differ
-# from BLAS's and LAPACK's in the last bits only, as those sum in their own orders. NaN and
-# infinity keep their IEEE meaning.
-# The GIL stays held: a kernel runs for microseconds, and releasing it would hand the request-log
-# thread the interpreter in the middle of a request.
-compiled = njit(cache=True, fastmath={"reassoc", "contract", "nsz"})
+from .compiled import compiled
+
 # The stop test's margin over |y| |u|: float32 dot products round by about d * 6e-8 of it.
 MARGIN = 1e-4
 NO_FILTER = np.ones(0, dtype=np.bool_)

@@ -9,6 +9,9 @@ k-th best so far and kept in a k-heap only when it beats it; the filter is read 
 In numpy the same pruned scan needed a block product, a mask and a partition per block, about
 three times the time (benchmarks/serve_bench.py).
 
+Identical vectors are scored once: movies the model was not trained on get factors estimated from
+their content, and about half of them share their content (genres, year) with another.
+
 Every answer is exact and deterministic: highest score first, ties to the lower row.
 """
 
@@ -51,22 +54,66 @@ def _sift_down(scores: np.ndarray, rows: np.ndarray, size: int, score: Real, row
 
 
 @compiled
+def _push(scores: np.ndarray, rows: np.ndarray, size: int, score: Real, row: int) -> int:
+    """Offer (score, row) to the k-heap ``scores[:size]`` (k: its capacity); the heap's new size."""
+    if size < scores.size:
+        at = size
+        while at > 0:
+            parent = (at - 1) // 2
+            if not _worse(score, row, scores[parent], rows[parent]):
+                break
+            scores[at], rows[at] = scores[parent], rows[parent]
+            at = parent
+        scores[at], rows[at] = score, row
+        return size + 1
+    if _worse(scores[0], rows[0], score, row):
+        _sift_down(scores, rows, size, score, row)
+    return size
+
+
+@compiled
+def _offer(
+    heap_scores: np.ndarray,
+    heap_rows: np.ndarray,
+    size: int,
+    score: Real,
+    rows: np.ndarray,
+    start: int,
+    stop: int,
+    allowed: np.ndarray,
+) -> int:
+    """Offer the allowed ``rows[start:stop]`` (ascending), all of one vector's ``score``, to the
+    k-heap; the heap's new size. (Written inside the scan's loop, it slowed every item.)"""
+    k = heap_scores.size
+    for at in range(start, stop):
+        row = rows[at]
+        if allowed.size and not allowed[row]:
+            continue
+        if size == k and not _worse(heap_scores[0], heap_rows[0], score, row):
+            break  # the later rows tie with this one from higher rows: worse still
+        size = _push(heap_scores, heap_rows, size, score, row)
+    return size
+
+
+@compiled
 def top_k_by_norm(
     vectors: np.ndarray,
     norms: np.ndarray,
-    order: np.ndarray,
+    rows_at: np.ndarray,
+    rows_of: np.ndarray,
     allowed: np.ndarray,
     query: np.ndarray,
     k: int,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Rows and scores of the ``k`` best allowed vectors for ``query``, best first, and how many
+    """Rows and scores of the ``k`` best allowed rows for ``query``, best first, and how many
     vectors were scanned.
 
-    ``vectors`` are sorted by decreasing ``norms`` and ``order`` maps each back to its row;
-    ``allowed`` is indexed by row (empty: every row allowed).
+    ``vectors`` are distinct and sorted by decreasing ``norms``; vector v is the one of the rows
+    ``rows_of[rows_at[v]:rows_at[v + 1]]`` (ascending). ``allowed`` is indexed by row (empty:
+    every row allowed).
     """
     n, d = vectors.shape
-    k = min(k, n)
+    k = min(k, rows_of.size)
     if k <= 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32), 0
     heap_scores = np.empty(k, dtype=np.float32)  # the k best so far, worst on top
@@ -75,33 +122,23 @@ def top_k_by_norm(
     for j in range(d):
         length += np.float64(query[j]) * np.float64(query[j])
     reach = math.sqrt(length) * (1.0 + MARGIN)
-    filtered = allowed.size > 0
     size = 0
     scanned = n
+    worst = -np.inf  # the k-th best score, once there are k
     for position in range(n):
-        if size == k and heap_scores[0] > norms[position] * reach:
+        if worst > norms[position] * reach:
             scanned = position  # nothing from here on can reach the k-th best
             break
         score = np.float32(0.0)
         for j in range(d):
             score += vectors[position, j] * query[j]
-        if size == k and score < heap_scores[0]:
+        if score < worst:
             continue
-        row = order[position]
-        if filtered and not allowed[row]:
-            continue
-        if size < k:
-            at = size
-            size += 1
-            while at > 0:
-                parent = (at - 1) // 2
-                if not _worse(score, row, heap_scores[parent], heap_rows[parent]):
-                    break
-                heap_scores[at], heap_rows[at] = heap_scores[parent], heap_rows[parent]
-                at = parent
-            heap_scores[at], heap_rows[at] = score, row
-        elif _worse(heap_scores[0], heap_rows[0], score, row):
-            _sift_down(heap_scores, heap_rows, size, score, row)
+        size = _offer(
+            heap_scores, heap_rows, size, score, rows_of, rows_at[position], rows_at[position + 1], allowed
+        )
+        if size == k:
+            worst = heap_scores[0]
     rows = np.empty(size, dtype=np.int64)
     scores = np.empty(size, dtype=np.float32)
     for last in range(size - 1, -1, -1):  # pop the worst into the last free place
@@ -114,10 +151,19 @@ class NormOrderedScan:
     """Fixed vectors (item factors) searched exactly by :func:`top_k_by_norm`."""
 
     def __init__(self, vectors: np.ndarray):
-        norms = np.linalg.norm(np.asarray(vectors, dtype=np.float64), axis=1)
-        self.order = np.argsort(-norms, kind="stable").astype(np.int64)
-        self.vectors = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[self.order])
-        self.norms = np.ascontiguousarray(norms[self.order])
+        vectors = np.asarray(vectors, dtype=np.float32)
+        distinct, first, of_row = np.unique(vectors, axis=0, return_index=True, return_inverse=True)
+        of_row = of_row.ravel()  # numpy 2.0 and 2.1 shaped the inverse like the input
+        norms = np.linalg.norm(distinct.astype(np.float64), axis=1)
+        # Longest first; equal norms in row order, so a scan is deterministic.
+        by_norm = np.lexsort((first, -norms))
+        position = np.empty(len(by_norm), dtype=np.int64)
+        position[by_norm] = np.arange(len(by_norm))
+        self.vectors = np.ascontiguousarray(distinct[by_norm])
+        self.norms = np.ascontiguousarray(norms[by_norm])
+        # Each vector's rows, ascending: rows sorted by their vector's place, stably.
+        self.rows_of = np.argsort(position[of_row], kind="stable").astype(np.int64)
+        self.rows_at = np.concatenate([[0], np.cumsum(np.bincount(position[of_row], minlength=len(by_norm)))])
         # Compiled (or loaded from numba's cache) here, when a bundle loads, not on a first request.
         self.top_k(np.zeros(self.vectors.shape[1], dtype=np.float32), 1)
 
@@ -136,7 +182,8 @@ class NormOrderedScan:
         result: tuple[np.ndarray, np.ndarray, int] = top_k_by_norm(
             self.vectors,
             self.norms,
-            self.order,
+            self.rows_at,
+            self.rows_of,
             NO_FILTER if allowed is None else allowed,
             np.ascontiguousarray(query, dtype=np.float32),
             int(k),

@@ -48,7 +48,7 @@ def filters(n_items: int, rng: np.random.Generator) -> list[np.ndarray]:
 def test_pruned_scan_gives_the_full_scan_answer(n_items: int, factors: int) -> None:
     model = factor_model(n_items, factors, seed=n_items)
     rng = np.random.default_rng(1)
-    top = model.item_factors[model.scan.order[0]]
+    top = model.scan.vectors[0]
     vectors = [
         rng.normal(size=factors),
         rng.normal(size=factors) * 1e-3,
@@ -57,7 +57,7 @@ def test_pruned_scan_gives_the_full_scan_answer(n_items: int, factors: int) -> N
         np.zeros(factors),  # every score 0: all tied
         model.item_factors[n_items // 2],  # a duplicated item's own direction
         # the directions of shorter items: the best ones are found late in the scan
-        *(model.item_factors[model.scan.order[int(n_items * f)]] for f in (0.05, 0.3, 0.6, 0.9)),
+        *(model.scan.vectors[int(len(model.scan.vectors) * f)] for f in (0.05, 0.3, 0.6, 0.9)),
     ]
     for v in vectors:
         vector = np.asarray(v, dtype=np.float32)
@@ -102,3 +102,27 @@ def test_a_vector_of_another_dtype_or_layout_is_ranked_the_same() -> None:
     expected = model.scan.top_k(np.ascontiguousarray(vector, dtype=np.float32), 10)
     got = model.scan.top_k(vector, 10)
     assert got[0].tolist() == expected[0].tolist()
+
+
+def test_rows_sharing_a_vector_are_scored_once_and_ranked_like_any_other_rows() -> None:
+    """Content-estimated factors of new movies repeat (same genres and year): each distinct
+    vector is scored once, and its rows still come back one by one, ties to the lower row,
+    filtered row by row."""
+    rng = np.random.default_rng(5)
+    distinct = rng.normal(size=(20, 8)) * rng.lognormal(0.0, 0.3, size=(20, 1))
+    vectors = distinct[rng.integers(0, 20, size=300)].astype(np.float32)  # about 15 rows each
+    scan = search.NormOrderedScan(vectors)
+    assert len(scan.vectors) == len(np.unique(vectors, axis=0))
+    # a zero query ties every row: the answer is the rows in order, across vectors
+    for query in [np.zeros(8, dtype=np.float32), *rng.normal(size=(20, 8)).astype(np.float32)]:
+        true_scores = vectors.astype(np.float64) @ query
+        for allowed in [rng.random(300) < 0.5, None]:
+            for k in (1, 7, 40, 301):
+                rows, scores = scan.top_k(query, k, allowed)
+                expected = exact(true_scores, k, allowed)
+                # rows of one vector score the same: the order within a score is the row order
+                assert rows.tolist() == expected.rows.tolist()
+                tolerance = (
+                    1e-5 * float(np.linalg.norm(query)) * float(np.linalg.norm(distinct, axis=1).max())
+                )
+                np.testing.assert_allclose(scores, true_scores[rows], atol=tolerance, rtol=0)

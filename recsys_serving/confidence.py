@@ -170,24 +170,47 @@ class UserSolver:
 
     def vector(self, items: np.ndarray, values: np.ndarray) -> np.ndarray:
         """The user's factors (float32) from their liked ``items`` and interaction ``values``."""
+        return self.fold(items, values).vector
+
+    def fold(self, items: np.ndarray, values: np.ndarray) -> FoldedUser:
+        """The user's factors, with the factorised equations an explanation reuses."""
         items = np.asarray(items, dtype=np.int64)
         if items.size == 0:
-            return np.zeros(self.item_factors.shape[1], dtype=np.float32)
-        solution: np.ndarray = _fold_in(self._user(items, values))
-        return solution
+            return FoldedUser(np.zeros(self.item_factors.shape[1], dtype=np.float32))
+        vector, solved, positive, confidence = _fold_in(self._user(items, values))
+        return FoldedUser(vector, solved, positive, confidence)
 
-    def largest_contributions(self, rows: np.ndarray, items: np.ndarray, values: np.ndarray) -> np.ndarray:
+    def largest_contributions(
+        self, rows: np.ndarray, items: np.ndarray, values: np.ndarray, folded: FoldedUser | None = None
+    ) -> np.ndarray:
         """For each of ``rows``, the position in ``items`` (the liked ones) of the largest term of
         its folded-in score: score(u, i) = sum_j c_uj * y_i^T W_u y_j with
         W_u = (Y^T C_u Y + lambda I)^-1 (Hu, Koren and Volinsky 2008). Ties go to the first liked
-        item."""
-        items = np.asarray(items, dtype=np.int64)
-        best: np.ndarray = _largest_contributions(np.asarray(rows, dtype=np.int64), self._user(items, values))
-        return best
+        item. ``folded``: :meth:`fold` of the same items and values, whose factorisation of
+        W_u^-1 is then reused."""
+        items, rows = np.asarray(items, dtype=np.int64), np.asarray(rows, dtype=np.int64)
+        if folded is None or folded.solved is None or folded.confidence is None:
+            best: np.ndarray = _largest_contributions(rows, self._user(items, values))
+            return best
+        return _largest_terms(
+            rows, items, self.item_factors, folded.confidence, folded.solved, folded.positive
+        )
 
     def _user(self, items: np.ndarray, values: np.ndarray) -> KernelUser:
         values = np.asarray(values, dtype=np.float32)
         return self.item_factors, items, values, self.weighting, self.gram, self.regularization
+
+
+@dataclass(frozen=True)
+class FoldedUser:
+    """A user solved for by :meth:`UserSolver.fold`: the factors, and for explanations the
+    Cholesky factor of the user's normal equations (``positive``; the equations themselves when
+    they are not positive definite) and the liked items' confidences (float64)."""
+
+    vector: np.ndarray
+    solved: np.ndarray | None = None
+    positive: bool = True
+    confidence: np.ndarray | None = None
 
 
 # One user as the kernels take them: item factors, liked items, values, weighting, Y^T Y, lambda.
@@ -206,21 +229,42 @@ def _user_system(user: KernelUser) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @compiled
 def _largest_contributions(rows: np.ndarray, user: KernelUser) -> np.ndarray:
-    item_factors, items, _, _, gram, _ = user
+    item_factors, items, _, _, _, _ = user
     system, _, confidence = _user_system(user)
-    factors = gram.shape[0]
-    recommended = np.empty((factors, rows.size))
-    for r in range(rows.size):
+    low, positive = _cholesky(system)
+    return _largest_terms(rows, items, item_factors, confidence, low if positive else system, positive)
+
+
+@compiled
+def _largest_terms(
+    rows: np.ndarray,
+    items: np.ndarray,
+    item_factors: np.ndarray,
+    confidence: np.ndarray,
+    solved: np.ndarray,
+    positive: bool,
+) -> np.ndarray:
+    """The largest term c_uj y_i^T W_u y_j for each of ``rows`` (its position j in ``items``),
+    W_u applied (solved for) to whichever side has fewer vectors: the liked or the ranked ones."""
+    factors = solved.shape[0]
+    liked_side = items.size <= rows.size
+    side = items if liked_side else rows
+    columns = np.empty((factors, side.size))
+    for t in range(side.size):
         for i in range(factors):
-            recommended[i, r] = item_factors[rows[r], i]
-    weighted = solve_positive(system, recommended)  # W_u y_i, one column per recommended item
+            columns[i, t] = item_factors[side[t], i]
+    weighted = _solve_factored(solved, positive, columns)  # W_u y, one column per vector
     best = np.zeros(rows.size, dtype=np.int64)
     for r in range(rows.size):
         largest = -np.inf
         for j in range(items.size):
             term = 0.0
-            for i in range(factors):
-                term += weighted[i, r] * item_factors[items[j], i]
+            if liked_side:
+                for i in range(factors):
+                    term += np.float64(item_factors[rows[r], i]) * weighted[i, j]
+            else:
+                for i in range(factors):
+                    term += weighted[i, r] * np.float64(item_factors[items[j], i])
             term *= confidence[j]
             if term > largest:
                 largest, best[r] = term, j
@@ -228,9 +272,11 @@ def _largest_contributions(rows: np.ndarray, user: KernelUser) -> np.ndarray:
 
 
 @compiled
-def _fold_in(user: KernelUser) -> np.ndarray:
-    system, target, _ = _user_system(user)
-    return solve_positive(system, target)[:, 0].astype(np.float32)
+def _fold_in(user: KernelUser) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray]:
+    system, target, confidence = _user_system(user)
+    low, positive = _cholesky(system)
+    solved = low if positive else system
+    return _solve_factored(solved, positive, target)[:, 0].astype(np.float32), solved, positive, confidence
 
 
 @compiled
@@ -262,6 +308,14 @@ def solve_positive(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a^-1 b`` (``b``: one column per right-hand side) for a symmetric positive definite ``a``
     (a regularised Gram matrix) by Cholesky; a matrix that is not positive definite (no
     regularisation, fewer items than factors) goes to the general solver."""
+    low, positive = _cholesky(a)
+    return _solve_factored(low if positive else a, positive, b)
+
+
+@compiled
+def _cholesky(a: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The lower Cholesky factor of ``a``, and whether ``a`` is positive definite (else the
+    factor is unfinished)."""
     n = a.shape[0]
     low = np.zeros((n, n))
     for j in range(n):
@@ -269,23 +323,35 @@ def solve_positive(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         for k in range(j):
             pivot -= low[j, k] * low[j, k]
         if not pivot > 0.0:  # not positive definite (or NaN)
-            return np.ascontiguousarray(np.linalg.solve(a, b))
+            return low, False
         low[j, j] = math.sqrt(pivot)
         for i in range(j + 1, n):
             total = a[i, j]
             for k in range(j):
                 total -= low[i, k] * low[j, k]
             low[i, j] = total / low[j, j]
-    x = b.copy()
-    for column in range(b.shape[1]):
+    return low, True
+
+
+@compiled
+def _solve_factored(solved: np.ndarray, positive: bool, b: np.ndarray) -> np.ndarray:
+    """``a^-1 b`` from ``a``'s Cholesky factor (``positive``) or, when it has none, ``a`` itself."""
+    if not positive:
+        return np.ascontiguousarray(np.linalg.solve(solved, b))
+    low = solved
+    n = low.shape[0]
+    # One right-hand side per contiguous row, and both substitutions reading rows of L: the inner
+    # loops are then dot products and axpys over contiguous memory, which LLVM vectorises.
+    x = np.ascontiguousarray(b.T)
+    for c in range(x.shape[0]):
         for i in range(n):  # L z = b
-            total = x[i, column]
+            total = x[c, i]
             for k in range(i):
-                total -= low[i, k] * x[k, column]
-            x[i, column] = total / low[i, i]
-        for i in range(n - 1, -1, -1):  # L^T x = z
-            total = x[i, column]
-            for k in range(i + 1, n):
-                total -= low[k, i] * x[k, column]
-            x[i, column] = total / low[i, i]
-    return x
+                total -= low[i, k] * x[c, k]
+            x[c, i] = total / low[i, i]
+        for i in range(n - 1, -1, -1):  # L^T x = z, row i of L once x_i is known
+            x[c, i] /= low[i, i]
+            known = x[c, i]
+            for k in range(i):
+                x[c, k] -= low[i, k] * known
+    return np.ascontiguousarray(x.T)

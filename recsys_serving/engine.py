@@ -16,7 +16,7 @@ from threadpoolctl import threadpool_limits
 
 from .bundle import Bundle, popularity_order
 from .cold import ColdCatalogue, merge
-from .confidence import UserSolver, Weighting
+from .confidence import FoldedUser, UserSolver, Weighting
 from .models import FactorModel, Scored, lookup
 from .search import NormOrderedScan
 
@@ -34,7 +34,11 @@ class LikedQuery:
     k: int
     genres: list[str]
     allowed: np.ndarray  # the model's items a response may contain
-    vector: np.ndarray | None  # ALS only
+    folded: FoldedUser | None  # ALS only
+
+    @property
+    def vector(self) -> np.ndarray | None:
+        return None if self.folded is None else self.folded.vector
 
 
 class Engine:
@@ -221,9 +225,9 @@ class Engine:
         liked_rows = known_rows[known_rows < self.n_items]
         values = np.full(liked_rows.size, self.liked_value, dtype=np.float32)
         # ALS: one folded-in vector ranks the model's items and, with cold slots, the cold ones.
-        vector = self.model.liked_vector(liked_rows, values) if isinstance(self.model, FactorModel) else None
+        folded = self.model.fold(liked_rows, values) if isinstance(self.model, FactorModel) else None
         return LikedQuery(
-            known_rows, liked_rows, values, k, genres, self._allowed(liked_rows, genres), vector
+            known_rows, liked_rows, values, k, genres, self._allowed(liked_rows, genres), folded
         )
 
     def rank_liked(self, query: LikedQuery) -> Scored:
@@ -234,7 +238,7 @@ class Engine:
     def finish_liked(self, query: LikedQuery, result: Scored, explain: bool) -> Scored:
         """The ranked list with its explanations and the cold slots."""
         if explain:
-            because = self.model.explain(result.rows, query.liked_rows, query.values)
+            because = self.model.explain(result.rows, query.liked_rows, query.values, query.folded)
             result = Scored(result.rows, result.scores, because)
         if self.cold_slots and self.cold is not None:
             liked_cold = self._cold_positions(query.known_rows)
@@ -308,8 +312,10 @@ def compile_kernels() -> None:
     NormOrderedScan(factors)
     for scheme in ("linear", "bm25"):
         users = UserSolver.of(factors, 0.1, Weighting(scheme), np.ones(4, dtype=np.float32))
-        users.vector(np.array([0, 1]), np.ones(2, dtype=np.float32))
-        users.largest_contributions(np.array([2, 3]), np.array([0, 1]), np.ones(2, dtype=np.float32))
+        liked, values = np.array([0, 1]), np.ones(2, dtype=np.float32)
+        folded = users.fold(liked, values)
+        for given in (folded, None):
+            users.largest_contributions(np.array([2, 3]), liked, values, given)
 
 
 def limit_threads() -> None:

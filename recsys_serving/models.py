@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
-from .confidence import UserSolver, Weighting
+from .confidence import FoldedUser, UserSolver, Weighting
 from .search import NormOrderedScan
 
 KINDS = ("als", "ease", "item_knn")
@@ -122,7 +122,12 @@ class Model(Protocol):
         self, liked_rows: np.ndarray, values: np.ndarray, k: int, allowed: np.ndarray
     ) -> Scored: ...
 
-    def explain(self, rows: np.ndarray, liked_rows: np.ndarray, values: np.ndarray) -> list[int | None]: ...
+    def explain(
+        self, rows: np.ndarray, liked_rows: np.ndarray, values: np.ndarray, folded: FoldedUser | None = None
+    ) -> list[int | None]:
+        """For each of ``rows``, the liked item that contributed most to its score (``folded``:
+        the user's fold-in, when the model made one)."""
+        ...
 
     def similar(self, item_row: int, k: int) -> Scored: ...
 
@@ -172,12 +177,12 @@ class FactorModel:
     def rank_user(self, user_row: int, k: int, allowed: np.ndarray) -> Scored:
         return self.rank_vector(self.user_factors[user_row], k, allowed)
 
-    def liked_vector(self, liked_rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    def fold(self, liked_rows: np.ndarray, values: np.ndarray) -> FoldedUser:
         """A new user's factors, solved from the movies they like (fold-in)."""
-        return self.users.vector(liked_rows, values)
+        return self.users.fold(liked_rows, values)
 
     def rank_liked(self, liked_rows: np.ndarray, values: np.ndarray, k: int, allowed: np.ndarray) -> Scored:
-        return self.rank_vector(self.liked_vector(liked_rows, values), k, allowed)
+        return self.rank_vector(self.fold(liked_rows, values).vector, k, allowed)
 
     def rank_vector(self, vector: np.ndarray, k: int, allowed: np.ndarray) -> Scored:
         """The k best allowed items by inner product: an exact scan behind a flat index
@@ -207,12 +212,14 @@ class FactorModel:
         rows = labels if self.row_labels else lookup(self.item_ids, labels)
         return Scored(rows, scores)
 
-    def explain(self, rows: np.ndarray, liked_rows: np.ndarray, values: np.ndarray) -> list[int | None]:
+    def explain(
+        self, rows: np.ndarray, liked_rows: np.ndarray, values: np.ndarray, folded: FoldedUser | None = None
+    ) -> list[int | None]:
         """For each recommended item, the liked item with the largest share of its ALS score
         (:meth:`.confidence.UserSolver.largest_contributions`)."""
         if liked_rows.size == 0 or rows.size == 0:
             return [None] * len(rows)
-        largest = self.users.largest_contributions(rows, liked_rows, values)
+        largest = self.users.largest_contributions(rows, liked_rows, values, folded)
         return [int(liked_rows[j]) for j in largest]
 
     def similar(self, item_row: int, k: int) -> Scored:
@@ -266,7 +273,9 @@ class ItemItemModel:
     def rank_liked(self, liked_rows: np.ndarray, values: np.ndarray, k: int, allowed: np.ndarray) -> Scored:
         return exact(self._liked_scores(liked_rows, self.input_values(values)), k, allowed)
 
-    def explain(self, rows: np.ndarray, liked_rows: np.ndarray, values: np.ndarray) -> list[int | None]:
+    def explain(
+        self, rows: np.ndarray, liked_rows: np.ndarray, values: np.ndarray, folded: FoldedUser | None = None
+    ) -> list[int | None]:
         """For each recommended item i, the liked movie j with the largest term x_uj * S[j, i]."""
         if liked_rows.size == 0 or rows.size == 0:
             return [None] * len(rows)

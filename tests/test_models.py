@@ -199,14 +199,18 @@ def test_explanations_name_the_liked_item_with_the_largest_term(scheme: str) -> 
     ids = np.arange(n_items, dtype=np.int64)
     model = FactorModel(ids, item_factors, item_factors[:2], faiss.IndexFlatIP(factors), weighting, 0.3, norm)
     y = item_factors.astype(np.float64)
-    for _ in range(20):
+    for _ in range(30):
+        # more liked items than ranked ones, and fewer: W_u is applied to the smaller side
         liked = rng.choice(n_items, int(rng.integers(1, 9)), replace=False)
         values = rng.integers(1, 5, size=liked.size).astype(np.float32)
-        rows = rng.choice(n_items, 10, replace=False)
+        rows = rng.choice(n_items, int(rng.integers(1, 12)), replace=False)
         c = weight_rows(np.array([0, liked.size]), liked, values, n_items, weighting, norm).astype(np.float64)
         w_u = np.linalg.inv(y.T @ y + (y[liked].T * (c - 1)) @ y[liked] + 0.3 * np.eye(factors))
         terms = (y[rows] @ w_u @ y[liked].T) * c
-        assert model.explain(rows, liked, values) == [int(liked[j]) for j in np.argmax(terms, axis=1)]
+        expected = [int(liked[j]) for j in np.argmax(terms, axis=1)]
+        # solved again, and from the fold-in a cold start made (its factorisation reused)
+        assert model.explain(rows, liked, values) == expected
+        assert model.explain(rows, liked, values, model.fold(liked, values)) == expected
     # Two liked copies of one movie tie on every term: the first named wins, as numpy's argmax.
     twins = np.concatenate([item_factors, item_factors[:1]])
     model = FactorModel(
@@ -219,10 +223,10 @@ def test_explanations_name_the_liked_item_with_the_largest_term(scheme: str) -> 
         None if norm is None else np.append(norm, norm[0]),
     )
     for liked in ([n_items, 0, 5], [0, n_items, 5]):
-        assert set(model.explain(np.arange(10, 20), np.array(liked), np.ones(3, dtype=np.float32))) <= {
-            liked[0],
-            5,
-        }
+        ones = np.ones(3, dtype=np.float32)
+        for rows in (np.arange(10, 20), np.arange(10, 12)):
+            for folded in (None, model.fold(np.array(liked), ones)):
+                assert set(model.explain(rows, np.array(liked), ones, folded)) <= {liked[0], 5}
 
 
 def test_flat_index_equals_brute_force() -> None:

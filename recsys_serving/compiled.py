@@ -10,3 +10,6 @@ beside the source (or in ``NUMBA_CACHE_DIR``); :func:`.engine.compile_kernels` f
 from numba import njit
 
 compiled = njit(cache=True, fastmath={"reassoc", "contract", "nsz"})
+# Small helpers of a kernel's inner loop, inlined in numba's own IR: LLVM left them as calls, and
+# a call per candidate item made a short scan a third slower (benchmarks/cold_start_steps.py).
+inlined = njit(cache=True, inline="always", fastmath={"reassoc", "contract", "nsz"})

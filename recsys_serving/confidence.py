@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -177,8 +177,7 @@ class UserSolver:
         items = np.asarray(items, dtype=np.int64)
         if items.size == 0:
             return FoldedUser(np.zeros(self.item_factors.shape[1], dtype=np.float32))
-        vector, solved, positive, confidence = _fold_in(self._user(items, values))
-        return FoldedUser(vector, solved, positive, confidence)
+        return FoldedUser(*_fold_in(self._user(items, values)))
 
     def largest_contributions(
         self, rows: np.ndarray, items: np.ndarray, values: np.ndarray, folded: FoldedUser | None = None
@@ -201,11 +200,11 @@ class UserSolver:
         return self.item_factors, items, values, self.weighting, self.gram, self.regularization
 
 
-@dataclass(frozen=True)
-class FoldedUser:
+class FoldedUser(NamedTuple):
     """A user solved for by :meth:`UserSolver.fold`: the factors, and for explanations the
     Cholesky factor of the user's normal equations (``positive``; the equations themselves when
-    they are not positive definite) and the liked items' confidences (float64)."""
+    they are not positive definite) and the liked items' confidences (float64). (A tuple: one is
+    made per cold start.)"""
 
     vector: np.ndarray
     solved: np.ndarray | None = None

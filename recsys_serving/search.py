@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .compiled import compiled
+from .compiled import compiled, inlined
 
 # The stop test's margin over |y| |u|: float32 dot products round by about d * 6e-8 of it.
 MARGIN = 1e-4
@@ -30,7 +30,7 @@ NO_FILTER = np.ones(0, dtype=np.bool_)
 Real = float | np.floating[Any]  # the kernels keep scores in float32
 
 
-@compiled
+@inlined
 def _worse(score_a: Real, row_a: int, score_b: Real, row_b: int) -> bool:
     """Whether (score_a, row_a) ranks below (score_b, row_b): lower score, or tied and a higher row."""
     return bool(score_a < score_b or (score_a == score_b and row_a > row_b))
@@ -53,7 +53,7 @@ def _sift_down(scores: np.ndarray, rows: np.ndarray, size: int, score: Real, row
     scores[at], rows[at] = score, row
 
 
-@compiled
+@inlined
 def _push(scores: np.ndarray, rows: np.ndarray, size: int, score: Real, row: int) -> int:
     """Offer (score, row) to the k-heap ``scores[:size]`` (k: its capacity); the heap's new size."""
     if size < scores.size:
@@ -71,7 +71,7 @@ def _push(scores: np.ndarray, rows: np.ndarray, size: int, score: Real, row: int
     return size
 
 
-@compiled
+@inlined
 def _offer(
     heap_scores: np.ndarray,
     heap_rows: np.ndarray,
@@ -83,7 +83,7 @@ def _offer(
     allowed: np.ndarray,
 ) -> int:
     """Offer the allowed ``rows[start:stop]`` (ascending), all of one vector's ``score``, to the
-    k-heap; the heap's new size. (Written inside the scan's loop, it slowed every item.)"""
+    k-heap; the heap's new size."""
     k = heap_scores.size
     for at in range(start, stop):
         row = rows[at]
@@ -134,9 +134,13 @@ def top_k_by_norm(
             score += vectors[position, j] * query[j]
         if score < worst:
             continue
-        size = _offer(
-            heap_scores, heap_rows, size, score, rows_of, rows_at[position], rows_at[position + 1], allowed
-        )
+        # Most vectors are one row's: that row is offered here, the rest of a shared vector's after.
+        start, stop = rows_at[position], rows_at[position + 1]
+        row = rows_of[start]
+        if allowed.size == 0 or allowed[row]:
+            size = _push(heap_scores, heap_rows, size, score, row)
+        if stop > start + 1:
+            size = _offer(heap_scores, heap_rows, size, score, rows_of, start + 1, stop, allowed)
         if size == k:
             worst = heap_scores[0]
     rows = np.empty(size, dtype=np.int64)

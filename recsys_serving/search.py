@@ -99,8 +99,8 @@ def _offer(
 def top_k_by_norm(
     vectors: np.ndarray,
     norms: np.ndarray,
-    rows_at: np.ndarray,
     rows_of: np.ndarray,
+    rows_at: np.ndarray | None,
     allowed: np.ndarray,
     query: np.ndarray,
     k: int,
@@ -109,8 +109,10 @@ def top_k_by_norm(
     vectors were scanned.
 
     ``vectors`` are distinct and sorted by decreasing ``norms``; vector v is the one of the rows
-    ``rows_of[rows_at[v]:rows_at[v + 1]]`` (ascending). ``allowed`` is indexed by row (empty:
-    every row allowed).
+    ``rows_of[rows_at[v]:rows_at[v + 1]]`` (ascending), or of row ``rows_of[v]`` alone when
+    ``rows_at`` is None (numba then compiles the kernel without the shared-vector path: item
+    factors repeat no vector, and that path cost their short scans a tenth). ``allowed`` is
+    indexed by row (empty: every row allowed).
     """
     n, d = vectors.shape
     k = min(k, rows_of.size)
@@ -134,13 +136,21 @@ def top_k_by_norm(
             score += vectors[position, j] * query[j]
         if score < worst:
             continue
-        # Most vectors are one row's: that row is offered here, the rest of a shared vector's after.
-        start, stop = rows_at[position], rows_at[position + 1]
-        row = rows_of[start]
-        if allowed.size == 0 or allowed[row]:
-            size = _push(heap_scores, heap_rows, size, score, row)
-        if stop > start + 1:
-            size = _offer(heap_scores, heap_rows, size, score, rows_of, start + 1, stop, allowed)
+        if rows_at is None:
+            row = rows_of[position]
+            if allowed.size == 0 or allowed[row]:
+                size = _push(heap_scores, heap_rows, size, score, row)
+        else:
+            size = _offer(
+                heap_scores,
+                heap_rows,
+                size,
+                score,
+                rows_of,
+                rows_at[position],
+                rows_at[position + 1],
+                allowed,
+            )
         if size == k:
             worst = heap_scores[0]
     rows = np.empty(size, dtype=np.int64)
@@ -167,7 +177,11 @@ class NormOrderedScan:
         self.norms = np.ascontiguousarray(norms[by_norm])
         # Each vector's rows, ascending: rows sorted by their vector's place, stably.
         self.rows_of = np.argsort(position[of_row], kind="stable").astype(np.int64)
-        self.rows_at = np.concatenate([[0], np.cumsum(np.bincount(position[of_row], minlength=len(by_norm)))])
+        self.rows_at: np.ndarray | None = np.concatenate(
+            [[0], np.cumsum(np.bincount(position[of_row], minlength=len(by_norm)))]
+        )
+        if len(distinct) == len(vectors):
+            self.rows_at = None
         # Compiled (or loaded from numba's cache) here, when a bundle loads, not on a first request.
         self.top_k(np.zeros(self.vectors.shape[1], dtype=np.float32), 1)
 
@@ -186,8 +200,8 @@ class NormOrderedScan:
         result: tuple[np.ndarray, np.ndarray, int] = top_k_by_norm(
             self.vectors,
             self.norms,
-            self.rows_at,
             self.rows_of,
+            self.rows_at,
             NO_FILTER if allowed is None else allowed,
             np.ascontiguousarray(query, dtype=np.float32),
             int(k),

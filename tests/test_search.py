@@ -14,13 +14,17 @@ from recsys_serving.confidence import Weighting
 from recsys_serving.models import FactorModel, exact
 
 
-def factor_model(n_items: int, factors: int, seed: int) -> FactorModel:
+def factor_model(n_items: int, factors: int, seed: int, duplicates: bool = True) -> FactorModel:
     """ALS-like factors: norms spread over two orders of magnitude (often-rated movies get long
-    vectors), exact duplicates (tied scores) and a few all-zero items."""
+    vectors), exact duplicates (tied scores) and a few all-zero items; without ``duplicates``,
+    every vector distinct (the scan's path for item factors)."""
     rng = np.random.default_rng(seed)
     item_factors = rng.normal(size=(n_items, factors)) * rng.lognormal(0.0, 1.2, size=(n_items, 1))
-    item_factors[n_items // 2 : n_items // 2 + 40] = item_factors[:40]  # ties at every norm
-    item_factors[-5:] = 0.0
+    if duplicates:
+        item_factors[n_items // 2 : n_items // 2 + 40] = item_factors[:40]  # ties at every norm
+        item_factors[-5:] = 0.0
+    else:
+        item_factors[-1] = 0.0
     item_ids = np.arange(1, n_items + 1, dtype=np.int64)
     index = faiss.IndexIDMap(faiss.IndexFlatIP(factors))
     index.add_with_ids(item_factors.astype(np.float32), item_ids)
@@ -44,9 +48,11 @@ def filters(n_items: int, rng: np.random.Generator) -> list[np.ndarray]:
     return [few_blocked, half, handful, none]
 
 
+@pytest.mark.parametrize("duplicates", [True, False])
 @pytest.mark.parametrize(("n_items", "factors"), [(300, 16), (9_000, 4), (20_000, 16), (3_000, 32)])
-def test_pruned_scan_gives_the_full_scan_answer(n_items: int, factors: int) -> None:
-    model = factor_model(n_items, factors, seed=n_items)
+def test_pruned_scan_gives_the_full_scan_answer(n_items: int, factors: int, duplicates: bool) -> None:
+    model = factor_model(n_items, factors, seed=n_items, duplicates=duplicates)
+    assert (model.scan.rows_at is None) == (not duplicates)  # both of the kernel's paths
     rng = np.random.default_rng(1)
     top = model.scan.vectors[0]
     vectors = [

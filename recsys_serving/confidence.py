@@ -230,7 +230,7 @@ def _user_system(user: KernelUser) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _largest_contributions(rows: np.ndarray, user: KernelUser) -> np.ndarray:
     item_factors, items, _, _, _, _ = user
     system, _, confidence = _user_system(user)
-    low, positive = _cholesky(system)
+    low, positive = cholesky(system)
     return _largest_terms(rows, items, item_factors, confidence, low if positive else system, positive)
 
 
@@ -252,7 +252,7 @@ def _largest_terms(
     for t in range(side.size):
         for i in range(factors):
             columns[i, t] = item_factors[side[t], i]
-    weighted = _solve_factored(solved, positive, columns)  # W_u y, one column per vector
+    weighted = solve_factored(solved, positive, columns)  # W_u y, one column per vector
     best = np.zeros(rows.size, dtype=np.int64)
     for r in range(rows.size):
         largest = -np.inf
@@ -273,9 +273,9 @@ def _largest_terms(
 @compiled
 def _fold_in(user: KernelUser) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray]:
     system, target, confidence = _user_system(user)
-    low, positive = _cholesky(system)
+    low, positive = cholesky(system)
     solved = low if positive else system
-    return _solve_factored(solved, positive, target)[:, 0].astype(np.float32), solved, positive, confidence
+    return solve_factored(solved, positive, target)[:, 0].astype(np.float32), solved, positive, confidence
 
 
 @compiled
@@ -303,18 +303,10 @@ def _normal_equations(
 
 
 @compiled
-def solve_positive(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a^-1 b`` (``b``: one column per right-hand side) for a symmetric positive definite ``a``
-    (a regularised Gram matrix) by Cholesky; a matrix that is not positive definite (no
-    regularisation, fewer items than factors) goes to the general solver."""
-    low, positive = _cholesky(a)
-    return _solve_factored(low if positive else a, positive, b)
-
-
-@compiled
-def _cholesky(a: np.ndarray) -> tuple[np.ndarray, bool]:
-    """The lower Cholesky factor of ``a``, and whether ``a`` is positive definite (else the
-    factor is unfinished)."""
+def cholesky(a: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The lower Cholesky factor of ``a`` (a regularised Gram matrix), and whether ``a`` is
+    positive definite (else the factor is unfinished: no regularisation, fewer items than
+    factors; :func:`solve_factored` then takes ``a`` itself to the general solver)."""
     n = a.shape[0]
     low = np.zeros((n, n))
     for j in range(n):
@@ -333,7 +325,7 @@ def _cholesky(a: np.ndarray) -> tuple[np.ndarray, bool]:
 
 
 @compiled
-def _solve_factored(solved: np.ndarray, positive: bool, b: np.ndarray) -> np.ndarray:
+def solve_factored(solved: np.ndarray, positive: bool, b: np.ndarray) -> np.ndarray:
     """``a^-1 b`` from ``a``'s Cholesky factor (``positive``) or, when it has none, ``a`` itself."""
     if not positive:
         return np.ascontiguousarray(np.linalg.solve(solved, b))

@@ -22,10 +22,11 @@ from recsys_assets.processing.splits import SplitRules, temporal_split
 from recsys_assets.sources.synthetic import SyntheticConfig, generate
 from recsys_serving.confidence import (
     Weighting,
+    cholesky,
     confidence_matrix,
     fold_in,
     item_length_norm,
-    solve_positive,
+    solve_factored,
     weight_rows,
 )
 from recsys_serving.models import FactorModel
@@ -123,11 +124,14 @@ def test_pruned_trials_stop_early_and_are_recorded(synthetic_splits) -> None:
 def test_positive_solver_equals_the_general_one_and_falls_back_when_not_positive() -> None:
     rng = np.random.default_rng(0)
     y = rng.normal(size=(50, 8))
-    positive = y.T @ y + 0.1 * np.eye(8)
-    indefinite = positive - 2 * np.linalg.eigvalsh(positive).max() * np.outer(np.eye(8)[0], np.eye(8)[0])
-    for a in (positive, indefinite):
+    definite = y.T @ y + 0.1 * np.eye(8)
+    indefinite = definite - 2 * np.linalg.eigvalsh(definite).max() * np.outer(np.eye(8)[0], np.eye(8)[0])
+    for a, expected_positive in ((definite, True), (indefinite, False)):
+        low, positive = cholesky(a)
+        assert positive == expected_positive
         for b in (rng.normal(size=(8, 1)), rng.normal(size=(8, 3))):
-            np.testing.assert_allclose(solve_positive(a, b), np.linalg.solve(a, b), rtol=1e-9, atol=1e-12)
+            got = solve_factored(low if positive else a, positive, b)
+            np.testing.assert_allclose(got, np.linalg.solve(a, b), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("scheme", ["linear", "log", "bm25"])

@@ -86,20 +86,98 @@ def test_pruned_scan_gives_the_full_scan_answer(n_items: int, factors: int, dupl
 
 def test_the_scan_stops_early_and_only_when_nothing_left_can_reach_the_kth_best() -> None:
     """The scan must read every item whose bound (|y| |u|) could still reach the final k-th best,
-    and most queries of ALS-like factors must stop well before the end."""
+    most queries of ALS-like factors must stop well before the end, and most of the items it
+    reads must be settled by their codes alone."""
     n_items, factors, k = 20_000, 16, 10
     model = factor_model(n_items, factors, seed=7)
     scan = model.scan
     rng = np.random.default_rng(2)
-    stopped_early = 0
+    stopped_early = all_scanned = all_scored = 0
     for _ in range(50):
         vector = rng.normal(size=factors).astype(np.float32)
-        _, scores, scanned = scan.top_k_scanned(vector, k)
+        _, scores, scanned, scored = scan.top_k_scanned(vector, k)
         reach = float(np.linalg.norm(vector.astype(np.float64))) * (1 + search.MARGIN)
         in_reach = np.flatnonzero(scan.norms * reach >= scores[-1])
         assert scanned > (in_reach.max() if in_reach.size else -1)
         stopped_early += scanned < n_items // 4
+        all_scanned, all_scored = all_scanned + scanned, all_scored + scored
     assert stopped_early > 25, "the bound pruned almost nothing: the scan is not early-stopping"
+    assert all_scored < all_scanned / 5, "the codes settled few items: every one was read in float32"
+
+
+def quantisation_errors(scan: search.NormOrderedScan) -> np.ndarray:
+    scales = np.repeat(scan.code_scales, search.BLOCK)[: len(scan.vectors), None]
+    return scan.vectors.astype(np.float64) - scan.codes * scales
+
+
+@pytest.mark.parametrize(("factors", "representable"), [(4, False), (16, False), (64, False), (16, True)])
+def test_no_vector_scores_more_than_its_codes_and_their_slack_allow(
+    factors: int, representable: bool
+) -> None:
+    """The screen skips a vector when its code score plus the slack is below the k-th best: the
+    slack must cover every query, including one along the vector's own quantisation error (where
+    the codes under-score it the most), and float32 rounding of both dot products in any order
+    (all there is to cover when the codes hold a vector exactly)."""
+    if representable:  # integers up to 127, one 127 per block: codes equal the vectors
+        rng = np.random.default_rng(factors)
+        vectors = rng.integers(-127, 128, size=(1_000, factors)).astype(np.float32)
+        vectors[:, 0] = 127.0
+        scan = search.NormOrderedScan(vectors)
+        assert not quantisation_errors(scan).any()
+    else:
+        scan = factor_model(3_000, factors, seed=factors).scan
+    errors = quantisation_errors(scan)
+    rng = np.random.default_rng(8)
+    worst_off = errors[np.argsort(-np.linalg.norm(errors, axis=1))[:20]]
+    queries = [
+        *rng.normal(size=(20, factors)),
+        *worst_off,
+        *(-worst_off),
+        *(rng.normal(size=(5, factors)) * 1e3),
+    ]
+    blocks = np.arange(len(scan.vectors)) >> search.BLOCK_SHIFT
+    vectors64 = scan.vectors.astype(np.float64)
+    for query in np.asarray(queries, dtype=np.float32):
+        if not query.any():
+            continue
+        query64 = query.astype(np.float64)
+        # the most a float32 dot product of the vector can come out at, whatever its order
+        highest = vectors64 @ query64 + factors * 2.0**-24 * (np.abs(vectors64) @ np.abs(query64))
+        code_scores = (scan.codes.astype(np.float32) @ query).astype(np.float64)
+        reach = float(np.linalg.norm(query64)) * (1 + search.MARGIN)
+        bound = code_scores * scan.code_scales[blocks] + scan.code_slack[blocks] * reach
+        assert (bound >= highest).all()
+
+
+@pytest.mark.parametrize("duplicates", [True, False])
+def test_the_codes_screen_changes_no_answer(duplicates: bool) -> None:
+    """Bit for bit the answer of the same scan reading every vector in float32 (an infinite
+    slack lets every code score through), for every filter, on both kernel paths."""
+    model = factor_model(5_000, 16, seed=9, duplicates=duplicates)
+    scan = model.scan
+    errors = quantisation_errors(scan)
+    rng = np.random.default_rng(10)
+    picks = [int(len(scan.vectors) * f) for f in (0.0, 0.05, 0.3, 0.6, 0.9)]
+    queries = [
+        *rng.normal(size=(10, 16)),
+        *(
+            scan.vectors[p] / np.linalg.norm(scan.vectors[p]) + errors[p] / np.linalg.norm(errors[p])
+            for p in picks
+        ),
+    ]
+    unscreened = np.full_like(scan.code_slack, np.inf)
+    for query in np.asarray(queries, dtype=np.float32):
+        for allowed in [*filters(5_000, rng), None]:
+            mask = search.NO_FILTER if allowed is None else allowed
+            for k in (1, 10, 100, 1_000):
+                got = scan.top_k_scanned(query, k, allowed)
+                full = search.top_k_by_norm(
+                    scan.vectors, scan.norms, scan.rows_of, scan.rows_at, scan.codes,
+                    scan.code_scales, unscreened, mask, query, k,
+                )  # fmt: skip
+                assert got[0].tolist() == full[0].tolist()
+                assert got[1].tolist() == full[1].tolist()
+                assert got[2] == full[2] and full[3] == full[2]
 
 
 def test_a_vector_of_another_dtype_or_layout_is_ranked_the_same() -> None:

@@ -20,7 +20,9 @@ included, so the default serves one cold slot per list. With ``--baseline-code``
 every route measured the same way, so a change to the serving code is judged against its
 predecessor in one run. Results go to benchmarks/results/serve_bench_<kind>.json. Client and
 server share this machine's cores, so absolute numbers depend on it; the ratios are the
-comparable figures.
+comparable figures. Each route's server CPU time per request (the server process's, from
+/proc) is printed beside them: how much of the machine the load generator took moves a ratio,
+not that.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -158,10 +161,26 @@ def combined(runs: list[dict], **extra: float) -> dict:
     )
 
 
+@dataclass(frozen=True)
+class Server:
+    port: int
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user and system, all threads) the server process has used; NaN without
+        Linux's /proc. A route's share of the server's CPU does not depend on how much of the
+        machine the load generator took, which moves a ratio to /health by several points here."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def serving(work: Path, code: Path | None = None, **env: str) -> Iterator[int]:
+def serving(work: Path, code: Path | None = None, **env: str) -> Iterator[Server]:
     """A uvicorn server (one worker) on the promoted bundle under ``work``, running the serving
-    code of the checkout ``code`` (this one by default); yields its port."""
+    code of the checkout ``code`` (this one by default)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -198,48 +217,69 @@ def serving(work: Path, code: Path | None = None, **env: str) -> Iterator[int]:
             if time.time() > deadline or server.poll() is not None:
                 raise SystemExit("the server did not become ready")
             time.sleep(0.3)
-        yield port
+        yield Server(port, server.pid)
     finally:
         server.terminate()
         server.wait(30)
 
 
 def measure(
-    port: int, routes: dict[str, list[bytes]], concurrency: int, seconds: float, rounds: int
+    server: Server, routes: dict[str, list[bytes]], concurrency: int, seconds: float, rounds: int
 ) -> dict[str, dict]:
     """Each route in ``rounds`` short runs, each paired with a /health run just before it.
 
     Shared machines drift over a minute; pairing keeps each ratio to /health within seconds, and
-    the reported ratio is the median of the paired ones.
+    the reported ratio is the median of the paired ones. Beside it, the server's CPU time per
+    request (median over the runs, microseconds) and that cost relative to /health's.
     """
     health = routes["/health"]
     for requests in routes.values():  # warm up
-        asyncio.run(drive(port, requests, concurrency, 1.0))
+        asyncio.run(drive(server.port, requests, concurrency, 1.0))
+
+    def run(requests: list[bytes]) -> dict:
+        cpu = server.cpu_seconds()
+        result = asyncio.run(drive(server.port, requests, concurrency, seconds / rounds))
+        served = max(len(result["ms"]), 1)
+        return {**result, "cpu_us": (server.cpu_seconds() - cpu) / served * 1e6}
+
     health_runs, results = [], {}
     for name, requests in routes.items():
         if requests is health:
             continue
         pairs = []
         for _ in range(rounds):
-            before = asyncio.run(drive(port, health, concurrency, seconds / rounds))
-            pairs.append((before, asyncio.run(drive(port, requests, concurrency, seconds / rounds))))
+            before = run(health)
+            pairs.append((before, run(requests)))
         health_runs += [h for h, _ in pairs]
-        ratio = float(np.median([r["rps"] / h["rps"] for h, r in pairs]))
-        results[name] = combined([r for _, r in pairs], ratio=ratio)
-    return {"/health": combined(health_runs, ratio=1.0), **results}
+        results[name] = combined(
+            [r for _, r in pairs],
+            ratio=float(np.median([r["rps"] / h["rps"] for h, r in pairs])),
+            cpu_us=float(np.median([r["cpu_us"] for _, r in pairs])),
+            cpu_vs_health=float(np.median([h["cpu_us"] / r["cpu_us"] for h, r in pairs])),
+        )
+    return {
+        "/health": combined(
+            health_runs,
+            ratio=1.0,
+            cpu_us=float(np.median([h["cpu_us"] for h in health_runs])),
+            cpu_vs_health=1.0,
+        ),
+        **results,
+    }
 
 
 def measure_users(work: Path, routes: dict[str, list[bytes]], args: argparse.Namespace, **env: str) -> dict:
     """Known users and cold start (with /health beside them) on a server with ``env`` set."""
     names = ("/health", "GET /users/{id}/recommendations", "POST /recommendations (5 liked)")
-    with serving(work, **env) as port:
+    with serving(work, **env) as server:
         return measure(
-            port, {name: routes[name] for name in names}, args.concurrency, args.seconds, args.rounds
+            server, {name: routes[name] for name in names}, args.concurrency, args.seconds, args.rounds
         )
 
 
 def scalars(result: dict) -> dict:
-    return {k: float(result[k]) for k in ("rps", "ratio", "p50", "p95", "p99", "errors") if k in result}
+    keys = ("rps", "ratio", "p50", "p95", "p99", "errors", "cpu_us", "cpu_vs_health")
+    return {k: float(result[k]) for k in keys if k in result}
 
 
 def _revision(checkout: Path) -> str:
@@ -337,17 +377,19 @@ def main() -> None:
             routes["GET /movies/{new id}/similar (content)"] = [
                 _raw("GET", f"/movies/{m}/similar?k=10", None) for m in cold_movies
             ]
-        with serving(work) as port:
-            results = measure(port, routes, args.concurrency, args.seconds, args.rounds)
+        with serving(work) as server:
+            results = measure(server, routes, args.concurrency, args.seconds, args.rounds)
             paced = asyncio.run(
-                drive(port, routes[known], args.concurrency, args.seconds, rate=results[known]["rps"] / 2)
+                drive(
+                    server.port, routes[known], args.concurrency, args.seconds, rate=results[known]["rps"] / 2
+                )
             )
         # The same known-user (plain and explained) and similar-movie requests computed (a scan of the item factors for
         # ALS, the liked row times the matrix for item-item kinds) instead of read from the
         # precomputed lists, against a /health measured on that server too.
-        with serving(work, RECSYS_PRECOMPUTED_LISTS="false") as port:
+        with serving(work, RECSYS_PRECOMPUTED_LISTS="false") as server:
             searched = measure(
-                port,
+                server,
                 {name: routes[name] for name in ("/health", known, explained, similar)},
                 args.concurrency,
                 args.seconds,
@@ -373,10 +415,10 @@ def main() -> None:
         cold_off = measure_users(work, routes, args, RECSYS_COLD_SLOTS="0")
         baseline = None
         if args.baseline_code:
-            with serving(work, args.baseline_code) as port:
-                baseline = measure(port, routes, args.concurrency, args.seconds, args.rounds)
-            with serving(work) as port:  # this code again, right after: the machine's drift shows
-                again = measure(port, routes, args.concurrency, args.seconds, args.rounds)
+            with serving(work, args.baseline_code) as server:
+                baseline = measure(server, routes, args.concurrency, args.seconds, args.rounds)
+            with serving(work) as server:  # this code again, right after: the machine's drift shows
+                again = measure(server, routes, args.concurrency, args.seconds, args.rounds)
 
     print(
         f"\n{bundle.kind} bundle: {len(bundle.user_ids):,} users x {len(bundle.item_ids):,} items, "
@@ -385,8 +427,11 @@ def main() -> None:
     print(
         f"uvicorn, 1 worker; {args.concurrency} keep-alive connections; {args.seconds:g}s per route; {os.cpu_count()} CPUs\n"
     )
-    print("| route | req/s | vs /health (median of paired runs) | p50 ms | p95 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| route | req/s | vs /health (median of paired runs) | p50 ms | p95 ms | p99 ms | errors "
+        "| server CPU us/request | /health's CPU / route's |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     rows = [
         *results.items(),
         *(
@@ -396,7 +441,8 @@ def main() -> None:
     ]
     for name, r in rows:
         print(
-            f"| {name} | {r['rps']:.0f} | {r['ratio']:.0%} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['errors']} |"
+            f"| {name} | {r['rps']:.0f} | {r['ratio']:.0%} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} "
+            f"| {r['errors']} | {r['cpu_us']:.0f} | {r['cpu_vs_health']:.0%} |"
         )
     print(f"(/health on the index-search server: {searched['/health']['rps']:.0f} req/s)")
     print("\nwith an A/B experiment running (90/10, both arms on the champion):")
@@ -418,12 +464,19 @@ def main() -> None:
         f"target: >= 70% of /health throughput -> {results[known]['ratio']:.0%}; p99 < 10 ms at half -> {paced['p99']:.2f} ms"
     )
     if baseline is not None:
-        print(f"\nserving code against {args.baseline_code} (ratio to /health, median of paired runs):\n")
+        print(
+            f"\nserving code against {args.baseline_code}: ratio to /health (median of paired runs) "
+            "and the server's CPU us per request\n"
+        )
         print("| route | baseline | this code (first run) | this code (after the baseline) |")
         print("|---|---|---|---|")
         for name in routes:
             print(
-                f"| {name} | {baseline[name]['ratio']:.0%} | {results[name]['ratio']:.0%} | {again[name]['ratio']:.0%} |"
+                f"| {name} | "
+                + " | ".join(
+                    f"{r[name]['ratio']:.0%}, {r[name]['cpu_us']:.0f} us" for r in (baseline, results, again)
+                )
+                + " |"
             )
     output = (
         ROOT

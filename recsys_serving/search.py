@@ -13,9 +13,9 @@ Each vector is first scored from int8 codes (a scale shared by 64 consecutive ve
 norm order makes of similar length) and read in float32 only when that score, plus what the
 codes can be off by, still reaches the k-th best: about one in a hundred. Inside the API the
 float32 reads were the cost that mattered: a scan of ~9,500 of 60k vectors read 1.2 MB and pushed
-the interpreter's own data out of the CPU's cache, so the rest of the request ran slower too (a
-cold start's server CPU time fell from 373-400 to 303-318 us with codes; in a tight loop, where
-everything stays cached, the two cost the same).
+the interpreter's own data out of the CPU's cache, so the rest of the request ran slower too. In
+a tight loop, where everything stays cached, codes cost a little more; a cold start's server CPU
+time per request is what they lower (benchmarks/serve_bench.py).
 
 Identical vectors are scored once: movies the model was not trained on get factors estimated from
 their content, and about half of them share their content (genres, year) with another.

@@ -18,7 +18,10 @@ the bundle is built as the pipeline builds it, cold items (movies the model does
 included, so the default serves one cold slot per list. With ``--baseline-code`` (a checkout of another revision, e.g. from
 ``git worktree add``), the same bundle is also served by that revision's ``recsys_serving`` and
 every route measured the same way, so a change to the serving code is judged against its
-predecessor in one run. Results go to benchmarks/results/serve_bench_<kind>.json. Client and
+predecessor in one run; then the baseline's server and two of this code's run side by side and
+the routes that compute per request alternate between them in 1 s bursts
+(``--interleaved-rounds``), which compares their CPU per request within seconds of each other,
+the second server of this code giving the spread of identical code. Results go to benchmarks/results/serve_bench_<kind>.json. Client and
 server share this machine's cores, so absolute numbers depend on it; the ratios are the
 comparable figures. Each route's server CPU time per request (the server process's, from
 /proc) is printed beside them: how much of the machine the load generator took moves a ratio,
@@ -38,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -268,6 +271,44 @@ def measure(
     }
 
 
+def interleaved(
+    servers: list[Server], routes: dict[str, list[bytes]], concurrency: int, burst: float, rounds: int
+) -> dict[str, dict]:
+    """Servers compared by CPU time per request, all alive at once: in each round every route runs
+    a ``burst`` of seconds on each server in turn (the order reversed every other round), so every
+    server meets the same phases of the machine. Per route: each server's median CPU per request,
+    and the median of the per-round ratios to the first server's, with a bootstrap 95% interval.
+
+    On this shared machine a server's CPU per request moves by a third within minutes; measured
+    one after the other, two revisions differ by that much with identical code.
+    """
+    for server in servers:
+        for requests in routes.values():  # warm up
+            asyncio.run(drive(server.port, requests, concurrency, 1.0))
+    cpu = {name: np.zeros((rounds, len(servers))) for name in routes}
+    for round_ in range(rounds):
+        order = list(range(len(servers)))[:: -1 if round_ % 2 else 1]
+        for name, requests in routes.items():
+            for i in order:
+                before = servers[i].cpu_seconds()
+                result = asyncio.run(drive(servers[i].port, requests, concurrency, burst))
+                cpu[name][round_, i] = (servers[i].cpu_seconds() - before) / max(len(result["ms"]), 1) * 1e6
+    rng = np.random.default_rng(0)
+    compared = {}
+    for name, per_round in cpu.items():
+        ratios = per_round[:, 1:] / per_round[:, :1]
+        resampled = np.array(
+            [np.median(ratios[rng.integers(0, rounds, rounds)], axis=0) for _ in range(2000)]
+        )
+        low, high = np.percentile(resampled, [2.5, 97.5], axis=0)
+        compared[name] = {
+            "cpu_us": np.median(per_round, axis=0).tolist(),
+            "ratio_to_first": np.median(ratios, axis=0).tolist(),
+            "interval": np.stack([low, high], axis=1).tolist(),
+        }
+    return compared
+
+
 def measure_users(work: Path, routes: dict[str, list[bytes]], args: argparse.Namespace, **env: str) -> dict:
     """Known users and cold start (with /health beside them) on a server with ``env`` set."""
     names = ("/health", "GET /users/{id}/recommendations", "POST /recommendations (5 liked)")
@@ -312,6 +353,13 @@ def main() -> None:
         type=Path,
         default=None,
         help="serve the bundle promoted under this root (e.g. a whole_graph.py run's) instead of building one",
+    )
+    parser.add_argument(
+        "--interleaved-rounds",
+        type=int,
+        default=20,
+        help="with --baseline-code: rounds of 1 s bursts alternating between the baseline's server and"
+        " two of this code's (0: none)",
     )
     parser.add_argument("--label", default="", help="results go to serve_bench_<kind>[_<label>].json")
     args = parser.parse_args()
@@ -419,6 +467,29 @@ def main() -> None:
                 baseline = measure(server, routes, args.concurrency, args.seconds, args.rounds)
             with serving(work) as server:  # this code again, right after: the machine's drift shows
                 again = measure(server, routes, args.concurrency, args.seconds, args.rounds)
+            compared = {}
+            if args.interleaved_rounds:
+                # The routes that compute per request, each server with its own request log.
+                computed = [
+                    "/health",
+                    known,
+                    explained,
+                    *(n for n in routes if n.startswith(("POST", "  ... 5"))),
+                ]
+                with ExitStack() as servers:
+                    started = [
+                        servers.enter_context(
+                            serving(work, code, RECSYS_REQUEST_LOG=str(work / f"requests-{i}.sqlite"))
+                        )
+                        for i, code in enumerate([args.baseline_code, None, None])
+                    ]
+                    compared = interleaved(
+                        started,
+                        {name: routes[name] for name in computed},
+                        args.concurrency,
+                        1.0,
+                        args.interleaved_rounds,
+                    )
 
     print(
         f"\n{bundle.kind} bundle: {len(bundle.user_ids):,} users x {len(bundle.item_ids):,} items, "
@@ -478,6 +549,21 @@ def main() -> None:
                 )
                 + " |"
             )
+    if baseline is not None and compared:
+        print(
+            f"\nserver CPU us per request, servers alive together, {args.interleaved_rounds} rounds of 1 s "
+            "bursts alternating between them; ratios: median of the rounds' [bootstrap 95% interval]\n"
+        )
+        print(
+            "| route | baseline | this code | this / baseline | this code, a second server | second / baseline |"
+        )
+        print("|---|---|---|---|---|---|")
+        for name, c in compared.items():
+            (low, high), (low2, high2) = c["interval"]
+            print(
+                f"| {name} | {c['cpu_us'][0]:.0f} | {c['cpu_us'][1]:.0f} | {c['ratio_to_first'][0]:.3f} "
+                f"[{low:.3f}, {high:.3f}] | {c['cpu_us'][2]:.0f} | {c['ratio_to_first'][1]:.3f} [{low2:.3f}, {high2:.3f}] |"
+            )
     output = (
         ROOT
         / "benchmarks"
@@ -505,6 +591,7 @@ def main() -> None:
             "revision": _revision(args.baseline_code),
             "routes": {name: scalars(r) for name, r in baseline.items()},
             "this_code_after_the_baseline": {name: scalars(r) for name, r in again.items()},
+            "interleaved": {"rounds": args.interleaved_rounds, "burst_seconds": 1.0, "routes": compared},
         }
     report["revision"] = _revision(ROOT)
     output.write_text(json.dumps(report, indent=2) + "\n")

@@ -18,9 +18,8 @@ from .bundle import Bundle, popularity_order
 from .cold import ColdCatalogue, merge
 from .confidence import FoldedUser, UserSolver, Weighting
 from .models import FactorModel, Scored, lookup
+from .search import NO_ROWS as NO_ROWS  # routes and tests take it from here
 from .search import NormOrderedScan
-
-NO_ROWS = np.empty(0, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class LikedQuery:
     values: np.ndarray  # their interaction weights
     k: int
     genres: list[str]
-    allowed: np.ndarray  # the model's items a response may contain
+    allowed: np.ndarray | None  # the model's items of the asked genres, liked ones left out (None: no genres)
     folded: FoldedUser | None  # ALS only
 
     @property
@@ -226,14 +225,16 @@ class Engine:
         values = np.full(liked_rows.size, self.liked_value, dtype=np.float32)
         # ALS: one folded-in vector ranks the model's items and, with cold slots, the cold ones.
         folded = self.model.fold(liked_rows, values) if isinstance(self.model, FactorModel) else None
-        return LikedQuery(
-            known_rows, liked_rows, values, k, genres, self._allowed(liked_rows, genres), folded
-        )
+        # Without genres no mask over the catalogue is built: the search itself leaves the liked
+        # movies out.
+        allowed = self._allowed(liked_rows, genres) if genres else None
+        return LikedQuery(known_rows, liked_rows, values, k, genres, allowed, folded)
 
     def rank_liked(self, query: LikedQuery) -> Scored:
         if query.vector is not None and isinstance(self.model, FactorModel):
-            return self.model.rank_vector(query.vector, query.k, query.allowed)
-        return self.model.rank_liked(query.liked_rows, query.values, query.k, query.allowed)
+            return self.model.rank_vector(query.vector, query.k, query.allowed, query.liked_rows)
+        allowed = self._allowed(query.liked_rows, []) if query.allowed is None else query.allowed
+        return self.model.rank_liked(query.liked_rows, query.values, query.k, allowed)
 
     def finish_liked(self, query: LikedQuery, result: Scored, explain: bool) -> Scored:
         """The ranked list with its explanations and the cold slots."""

@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .confidence import FoldedUser, UserSolver, Weighting
-from .search import NormOrderedScan
+from .search import NO_ROWS, NormOrderedScan
 
 KINDS = ("als", "ease", "item_knn")
 ITEM_ITEM_KINDS = ("ease", "item_knn")
@@ -184,15 +184,20 @@ class FactorModel:
     def rank_liked(self, liked_rows: np.ndarray, values: np.ndarray, k: int, allowed: np.ndarray) -> Scored:
         return self.rank_vector(self.fold(liked_rows, values).vector, k, allowed)
 
-    def rank_vector(self, vector: np.ndarray, k: int, allowed: np.ndarray) -> Scored:
-        """The k best allowed items by inner product: an exact scan behind a flat index
-        (:mod:`.search`), else the index asked for allowed items only.
+    def rank_vector(
+        self, vector: np.ndarray, k: int, allowed: np.ndarray | None, blocked: np.ndarray = NO_ROWS
+    ) -> Scored:
+        """The k best items by inner product among the ``allowed`` (a mask; None: all) but the
+        ``blocked`` rows: an exact scan behind a flat index (:mod:`.search`), else
+        the index asked for allowed items only.
 
         The filter travels into an approximate search as a bitmap selector, so a user's seen items
         (which ALS scores highest) cost nothing instead of having to be over-fetched and dropped.
         """
         if self.scan_exactly:
-            return Scored(*self.scan.top_k(vector, k, allowed))
+            return Scored(*self.scan.top_k(vector, k, allowed, blocked))
+        allowed = np.ones(self.n_items, dtype=bool) if allowed is None else allowed.copy()
+        allowed[blocked] = False
         take = min(k, int(allowed.sum()))
         if take == 0:
             return EMPTY

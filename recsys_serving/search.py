@@ -12,10 +12,13 @@ three times the time (benchmarks/serve_bench.py).
 Each vector is first scored from int8 codes (a scale shared by 64 consecutive vectors, which the
 norm order makes of similar length) and read in float32 only when that score, plus what the
 codes can be off by, still reaches the k-th best: about one in a hundred. Inside the API the
-float32 reads were the cost that mattered: a scan of ~9,500 of 60k vectors read 1.2 MB and pushed
-the interpreter's own data out of the CPU's cache, so the rest of the request ran slower too. In
-a tight loop, where everything stays cached, codes cost a little more; a cold start's server CPU
-time per request is what they lower (benchmarks/serve_bench.py).
+bytes a request reads are the cost that matters: a scan of ~9,500 of 60k vectors read 1.2 MB in
+float32 and pushed the interpreter's own data out of the CPU's cache, so the rest of the request
+ran slower too (reading 300 kB more per request cost a cold start 50-70 us in the server, against
+6 us in a loop). So the codes of a block are stored dimension by dimension and scored 64 at a
+time, in vector registers, and the stop test reads one norm per block; a filter that only leaves
+out a few rows (a new user's liked movies) is a sorted list, looked up for the rare vectors that
+would enter the top k, rather than a mask over every row built per request.
 
 Identical vectors are scored once: movies the model was not trained on get factors estimated from
 their content, and about half of them share their content (genres, year) with another.
@@ -38,6 +41,7 @@ MARGIN = 1e-4
 BLOCK_SHIFT = 6
 BLOCK = 1 << BLOCK_SHIFT
 NO_FILTER = np.ones(0, dtype=np.bool_)
+NO_ROWS = np.zeros(0, dtype=np.int64)
 Real = float | np.floating[Any]  # the kernels keep scores in float32
 
 
@@ -89,6 +93,29 @@ def _screen(worst: Real, slack: float, reach: float, scale: float) -> Real:
 
 
 @inlined
+def _code_scores(codes: np.ndarray, block: int, query: np.ndarray, out: np.ndarray) -> None:
+    """``out[i]``: the code score of the block's vector i (codes dimension-major within a block:
+    the 64 products of one dimension are one vectorised multiply-add)."""
+    out[:] = np.float32(0.0)
+    for j in range(query.size):
+        weight = query[j]
+        for i in range(BLOCK):
+            out[i] += np.float32(codes[block, j, i]) * weight
+
+
+@inlined
+def _left_out(allowed: np.ndarray, blocked: np.ndarray, row: int) -> bool:
+    """Whether the filter leaves ``row`` out: not in the ``allowed`` mask (when there is one) or
+    one of the ``blocked`` rows (ascending)."""
+    if allowed.size and not allowed[row]:
+        return True
+    if blocked.size:
+        at = np.searchsorted(blocked, row)
+        return bool(at < blocked.size and blocked[at] == row)
+    return False
+
+
+@inlined
 def _offer(
     heap_scores: np.ndarray,
     heap_rows: np.ndarray,
@@ -98,13 +125,14 @@ def _offer(
     start: int,
     stop: int,
     allowed: np.ndarray,
+    blocked: np.ndarray,
 ) -> int:
-    """Offer the allowed ``rows[start:stop]`` (ascending), all of one vector's ``score``, to the
-    k-heap; the heap's new size."""
+    """Offer the rows ``rows[start:stop]`` (ascending) the filter keeps, all of one vector's
+    ``score``, to the k-heap; the heap's new size."""
     k = heap_scores.size
     for at in range(start, stop):
         row = rows[at]
-        if allowed.size and not allowed[row]:
+        if _left_out(allowed, blocked, row):
             continue
         if size == k and not _worse(heap_scores[0], heap_rows[0], score, row):
             break  # the later rows tie with this one from higher rows: worse still
@@ -115,25 +143,28 @@ def _offer(
 @compiled
 def top_k_by_norm(
     vectors: np.ndarray,
-    norms: np.ndarray,
+    block_norms: np.ndarray,
     rows_of: np.ndarray,
     rows_at: np.ndarray | None,
     codes: np.ndarray,
     code_scales: np.ndarray,
     code_slack: np.ndarray,
     allowed: np.ndarray,
+    blocked: np.ndarray,
     query: np.ndarray,
     k: int,
 ) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Rows and scores of the ``k`` best allowed rows for ``query``, best first, how many vectors
-    were scanned and how many of those were scored in float32.
+    """Rows and scores of the ``k`` best rows the filter keeps for ``query``, best first, how many
+    vectors were scanned (whole blocks) and how many of those were scored in float32.
 
-    ``vectors`` are distinct and sorted by decreasing ``norms``; vector v is the one of the rows
+    ``vectors`` are distinct and sorted by decreasing norm, ``block_norms[b]`` the norm of the
+    first (longest) of block b; vector v is the one of the rows
     ``rows_of[rows_at[v]:rows_at[v + 1]]`` (ascending), or of row ``rows_of[v]`` alone when
     ``rows_at`` is None (numba then compiles the kernel without the shared-vector path: item
-    factors repeat no vector, and that path cost their short scans a tenth). ``allowed`` is
-    indexed by row (empty: every row allowed). ``codes`` approximate the vectors: vector v is
-    within ``code_slack[b]`` of ``code_scales[b] * codes[v]`` (b: its block of ``BLOCK``).
+    factors repeat no vector, and that path cost their short scans a tenth). The filter:
+    ``allowed`` indexed by row (empty: every row) and ``blocked`` rows (ascending; empty: none).
+    ``codes[b, :, i]`` approximate vector ``b * BLOCK + i``: it is within ``code_slack[b]`` of
+    ``code_scales[b] * codes[b, :, i]``.
     """
     n, d = vectors.shape
     k = min(k, rows_of.size)
@@ -141,6 +172,7 @@ def top_k_by_norm(
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32), 0, 0
     heap_scores = np.empty(k, dtype=np.float32)  # the k best so far, worst on top
     heap_rows = np.empty(k, dtype=np.int64)
+    coded = np.empty(BLOCK, dtype=np.float32)
     length = 0.0
     for j in range(d):
         length += np.float64(query[j]) * np.float64(query[j])
@@ -149,44 +181,43 @@ def top_k_by_norm(
     scanned = n
     scored = 0
     worst = -np.inf  # the k-th best score, once there are k
-    screen: Real = -np.inf  # code scores below it cannot reach worst (in the current block's scale)
-    for position in range(n):
-        if worst > norms[position] * reach:
-            scanned = position  # nothing from here on can reach the k-th best
+    for block in range(block_norms.size):
+        start = block << BLOCK_SHIFT
+        if worst > block_norms[block] * reach:
+            scanned = start  # nothing from here on can reach the k-th best
             break
-        if position & (BLOCK - 1) == 0:
-            block = position >> BLOCK_SHIFT
-            screen = _screen(worst, code_slack[block], reach, code_scales[block])
-        coded = np.float32(0.0)
-        for j in range(d):
-            coded += np.float32(codes[position, j]) * query[j]
-        if coded < screen:
-            continue
-        scored += 1
-        score = np.float32(0.0)
-        for j in range(d):
-            score += vectors[position, j] * query[j]
-        if score < worst:
-            continue
-        if rows_at is None:
-            row = rows_of[position]
-            if allowed.size == 0 or allowed[row]:
-                size = _push(heap_scores, heap_rows, size, score, row)
-        else:
-            size = _offer(
-                heap_scores,
-                heap_rows,
-                size,
-                score,
-                rows_of,
-                rows_at[position],
-                rows_at[position + 1],
-                allowed,
-            )
-        if size == k and heap_scores[0] != worst:
-            worst = heap_scores[0]
-            block = position >> BLOCK_SHIFT
-            screen = _screen(worst, code_slack[block], reach, code_scales[block])
+        _code_scores(codes, block, query, coded)
+        # code scores below it cannot reach worst
+        screen = _screen(worst, code_slack[block], reach, code_scales[block])
+        for i in range(min(BLOCK, n - start)):
+            if coded[i] < screen:
+                continue
+            position = start + i
+            scored += 1
+            score = np.float32(0.0)
+            for j in range(d):
+                score += vectors[position, j] * query[j]
+            if score < worst:
+                continue
+            if rows_at is None:
+                row = rows_of[position]
+                if not _left_out(allowed, blocked, row):
+                    size = _push(heap_scores, heap_rows, size, score, row)
+            else:
+                size = _offer(
+                    heap_scores,
+                    heap_rows,
+                    size,
+                    score,
+                    rows_of,
+                    rows_at[position],
+                    rows_at[position + 1],
+                    allowed,
+                    blocked,
+                )
+            if size == k and heap_scores[0] != worst:
+                worst = heap_scores[0]
+                screen = _screen(worst, code_slack[block], reach, code_scales[block])
     rows = np.empty(size, dtype=np.int64)
     scores = np.empty(size, dtype=np.float32)
     for last in range(size - 1, -1, -1):  # pop the worst into the last free place
@@ -196,8 +227,10 @@ def top_k_by_norm(
 
 
 def block_codes(vectors: np.ndarray, norms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """int8 codes of ``vectors`` (rows in scan order), one scale per ``BLOCK`` of them, and per
-    block the most any of its vectors' score can exceed its code score, per unit of |query|.
+    """int8 codes of ``vectors`` (rows in scan order) by block of ``BLOCK``, dimension-major
+    within a block (``codes[b, j, i]``: dimension j of vector ``b * BLOCK + i``; zeros past the
+    last vector), one scale per block, and per block the most any of its vectors' score can exceed
+    its code score, per unit of |query|.
 
     That slack is the vector's distance from its scaled codes (|u . (y - s c)| <= |u| |y - s c|)
     plus twice MARGIN of |y| and of that distance: float32 rounding of both dot products.
@@ -208,12 +241,13 @@ def block_codes(vectors: np.ndarray, norms: np.ndarray) -> tuple[np.ndarray, np.
     padded[:n] = vectors
     largest = np.abs(padded).reshape(blocks, BLOCK * d).max(axis=1)
     scales = np.where(largest > 0, largest / 127.0, 1.0)
-    scale_of = np.repeat(scales, BLOCK)[:n, None]
-    codes = np.clip(np.rint(vectors / scale_of), -127, 127).astype(np.int8)
-    error = np.linalg.norm(vectors.astype(np.float64) - codes * scale_of, axis=1)
+    scale_of = np.repeat(scales, BLOCK)[:, None]
+    codes = np.clip(np.rint(padded / scale_of), -127, 127).astype(np.int8)
+    error = np.linalg.norm(padded - codes * scale_of, axis=1)[:n]
     slack = np.zeros(blocks * BLOCK)
     slack[:n] = error + 2 * MARGIN * (norms + error)
-    return np.ascontiguousarray(codes), scales, slack.reshape(blocks, BLOCK).max(axis=1)
+    by_dimension = codes.reshape(blocks, BLOCK, d).transpose(0, 2, 1)
+    return np.ascontiguousarray(by_dimension), scales, slack.reshape(blocks, BLOCK).max(axis=1)
 
 
 class NormOrderedScan:
@@ -230,6 +264,7 @@ class NormOrderedScan:
         position[by_norm] = np.arange(len(by_norm))
         self.vectors = np.ascontiguousarray(distinct[by_norm])
         self.norms = np.ascontiguousarray(norms[by_norm])
+        self.block_norms = np.ascontiguousarray(self.norms[::BLOCK])  # each block's longest
         # Each vector's rows, ascending: rows sorted by their vector's place, stably.
         self.rows_of = np.argsort(position[of_row], kind="stable").astype(np.int64)
         self.rows_at: np.ndarray | None = np.concatenate(
@@ -242,27 +277,37 @@ class NormOrderedScan:
         self.top_k(np.zeros(self.vectors.shape[1], dtype=np.float32), 1)
 
     def top_k(
-        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self,
+        query: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        blocked: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and scores of the ``k`` best vectors for ``query`` among the ``allowed`` rows (a
-        boolean mask by row; None: all), best first, ties to the lower row."""
-        rows, scores, _, _ = self.top_k_scanned(query, k, allowed)
+        """Rows and scores of the ``k`` best vectors for ``query``, best first, ties to the lower
+        row, among the ``allowed`` rows (a boolean mask by row; None: all) but the ``blocked`` ones
+        (row numbers; for a few rows it spares building a mask over every row)."""
+        rows, scores, _, _ = self.top_k_scanned(query, k, allowed, blocked)
         return rows, scores
 
     def top_k_scanned(
-        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self,
+        query: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        blocked: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, int, int]:
-        """:meth:`top_k`, how many vectors the scan read before it could stop and how many of
-        those it scored in float32 (the others' codes could not reach the k-th best)."""
+        """:meth:`top_k`, how many vectors the scan read before it could stop (whole blocks) and
+        how many of those it scored in float32 (the others' codes could not reach the k-th best)."""
         result: tuple[np.ndarray, np.ndarray, int, int] = top_k_by_norm(
             self.vectors,
-            self.norms,
+            self.block_norms,
             self.rows_of,
             self.rows_at,
             self.codes,
             self.code_scales,
             self.code_slack,
             NO_FILTER if allowed is None else allowed,
+            NO_ROWS if blocked is None else np.sort(np.asarray(blocked, dtype=np.int64)),  # for bisection
             np.ascontiguousarray(query, dtype=np.float32),
             int(k),
         )

@@ -37,15 +37,39 @@ def scan_norms(model: FactorModel) -> np.ndarray:
     return np.linalg.norm(model.item_factors.astype(np.float64), axis=1)
 
 
-def filters(n_items: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """All but a few items (a new user's liked movies), a genre-like half, a handful, none."""
-    few_blocked = np.ones(n_items, dtype=bool)
-    few_blocked[rng.choice(n_items, 5, replace=False)] = False
+Filter = tuple[np.ndarray | None, np.ndarray | None]  # (allowed mask, blocked rows)
+
+
+def filters(n_items: int, rng: np.random.Generator) -> list[Filter]:
+    """Masks: all but a few items, a genre-like half, a handful, none; blocked rows: a new user's
+    liked movies (the first rows too: duplicated vectors in factor_model), on their own and on top
+    of the half mask, every row; and no filter."""
+    few_left_out = np.ones(n_items, dtype=bool)
+    few_left_out[rng.choice(n_items, 5, replace=False)] = False
     half = rng.random(n_items) < 0.5
     handful = np.zeros(n_items, dtype=bool)
     handful[rng.choice(n_items, 4, replace=False)] = True
     none = np.zeros(n_items, dtype=bool)
-    return [few_blocked, half, handful, none]
+    liked = np.unique(np.concatenate([[0, 1], rng.choice(n_items, 5, replace=False)]))
+    return [
+        (few_left_out, None),
+        (half, None),
+        (handful, None),
+        (none, None),
+        (None, liked),
+        (half, liked[::-1]),  # in any order
+        (None, np.arange(n_items)),
+        (None, None),
+    ]
+
+
+def as_mask(n_items: int, allowed: np.ndarray | None, blocked: np.ndarray | None) -> np.ndarray | None:
+    """The filter as one mask (None: every row)."""
+    if blocked is None:
+        return allowed
+    mask = np.ones(n_items, dtype=bool) if allowed is None else allowed.copy()
+    mask[blocked] = False
+    return mask
 
 
 @pytest.mark.parametrize("duplicates", [True, False])
@@ -70,10 +94,10 @@ def test_pruned_scan_gives_the_full_scan_answer(n_items: int, factors: int, dupl
         true_scores = model.item_factors.astype(np.float64) @ vector
         # float32 rounding of a dot product, relative to the largest |y| |u|
         tolerance = 1e-5 * float(np.linalg.norm(vector)) * float(scan_norms(model).max()) + 1e-12
-        for allowed in [*filters(n_items, rng), None]:
+        for allowed, blocked in filters(n_items, rng):
             for k in (1, 10, 100, n_items + 1):
-                expected = exact(true_scores, k, allowed)
-                rows, scores = model.scan.top_k(vector, k, allowed)
+                expected = exact(true_scores, k, as_mask(n_items, allowed, blocked))
+                rows, scores = model.scan.top_k(vector, k, allowed, blocked)
                 np.testing.assert_allclose(scores, true_scores[rows], atol=tolerance, rtol=0)
                 if k <= 100:  # the top of the list, ties (duplicated items) to the lower row
                     assert rows.tolist() == expected.rows.tolist()
@@ -105,9 +129,15 @@ def test_the_scan_stops_early_and_only_when_nothing_left_can_reach_the_kth_best(
     assert all_scored < all_scanned / 5, "the codes settled few items: every one was read in float32"
 
 
+def vector_codes(scan: search.NormOrderedScan) -> np.ndarray:
+    """The scan's codes by vector (it keeps them by block, dimension-major)."""
+    n, d = scan.vectors.shape
+    return scan.codes.transpose(0, 2, 1).reshape(-1, d)[:n]
+
+
 def quantisation_errors(scan: search.NormOrderedScan) -> np.ndarray:
     scales = np.repeat(scan.code_scales, search.BLOCK)[: len(scan.vectors), None]
-    return scan.vectors.astype(np.float64) - scan.codes * scales
+    return scan.vectors.astype(np.float64) - vector_codes(scan) * scales
 
 
 @pytest.mark.parametrize(("factors", "representable"), [(4, False), (16, False), (64, False), (16, True)])
@@ -143,7 +173,7 @@ def test_no_vector_scores_more_than_its_codes_and_their_slack_allow(
         query64 = query.astype(np.float64)
         # the most a float32 dot product of the vector can come out at, whatever its order
         highest = vectors64 @ query64 + factors * 2.0**-24 * (np.abs(vectors64) @ np.abs(query64))
-        code_scores = (scan.codes.astype(np.float32) @ query).astype(np.float64)
+        code_scores = (vector_codes(scan).astype(np.float32) @ query).astype(np.float64)
         reach = float(np.linalg.norm(query64)) * (1 + search.MARGIN)
         bound = code_scores * scan.code_scales[blocks] + scan.code_slack[blocks] * reach
         assert (bound >= highest).all()
@@ -167,13 +197,14 @@ def test_the_codes_screen_changes_no_answer(duplicates: bool) -> None:
     ]
     unscreened = np.full_like(scan.code_slack, np.inf)
     for query in np.asarray(queries, dtype=np.float32):
-        for allowed in [*filters(5_000, rng), None]:
+        for allowed, blocked in filters(5_000, rng):
             mask = search.NO_FILTER if allowed is None else allowed
+            rows = search.NO_ROWS if blocked is None else np.sort(blocked)  # the kernel bisects
             for k in (1, 10, 100, 1_000):
-                got = scan.top_k_scanned(query, k, allowed)
+                got = scan.top_k_scanned(query, k, allowed, blocked)
                 full = search.top_k_by_norm(
-                    scan.vectors, scan.norms, scan.rows_of, scan.rows_at, scan.codes,
-                    scan.code_scales, unscreened, mask, query, k,
+                    scan.vectors, scan.block_norms, scan.rows_of, scan.rows_at, scan.codes,
+                    scan.code_scales, unscreened, mask, rows, query, k,
                 )  # fmt: skip
                 assert got[0].tolist() == full[0].tolist()
                 assert got[1].tolist() == full[1].tolist()
@@ -200,10 +231,16 @@ def test_rows_sharing_a_vector_are_scored_once_and_ranked_like_any_other_rows() 
     # a zero query ties every row: the answer is the rows in order, across vectors
     for query in [np.zeros(8, dtype=np.float32), *rng.normal(size=(20, 8)).astype(np.float32)]:
         true_scores = vectors.astype(np.float64) @ query
-        for allowed in [rng.random(300) < 0.5, None]:
+        # rows left out by a mask and by a list: some of a vector's rows, and all of them
+        blocked = np.unique(
+            np.concatenate(
+                [rng.choice(300, 30, replace=False), np.flatnonzero(vectors[:, 0] == vectors[0, 0])]
+            )
+        )
+        for allowed, left_out in [(rng.random(300) < 0.5, None), (None, blocked), (None, None)]:
             for k in (1, 7, 40, 301):
-                rows, scores = scan.top_k(query, k, allowed)
-                expected = exact(true_scores, k, allowed)
+                rows, scores = scan.top_k(query, k, allowed, left_out)
+                expected = exact(true_scores, k, as_mask(300, allowed, left_out))
                 # rows of one vector score the same: the order within a score is the row order
                 assert rows.tolist() == expected.rows.tolist()
                 tolerance = (

@@ -232,7 +232,9 @@ class Engine:
 
     def rank_liked(self, query: LikedQuery) -> Scored:
         if query.vector is not None and isinstance(self.model, FactorModel):
-            return self.model.rank_vector(query.vector, query.k, query.allowed, query.liked_rows)
+            # A genre mask already leaves the liked movies out.
+            blocked = query.liked_rows if query.allowed is None else NO_ROWS
+            return self.model.rank_vector(query.vector, query.k, query.allowed, blocked)
         allowed = self._allowed(query.liked_rows, []) if query.allowed is None else query.allowed
         return self.model.rank_liked(query.liked_rows, query.values, query.k, allowed)
 

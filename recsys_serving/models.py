@@ -196,8 +196,11 @@ class FactorModel:
         """
         if self.scan_exactly:
             return Scored(*self.scan.top_k(vector, k, allowed, blocked))
-        allowed = np.ones(self.n_items, dtype=bool) if allowed is None else allowed.copy()
-        allowed[blocked] = False
+        if blocked.size:  # the caller's mask stays as it was
+            allowed = np.ones(self.n_items, dtype=bool) if allowed is None else allowed.copy()
+            allowed[blocked] = False
+        elif allowed is None:
+            allowed = np.ones(self.n_items, dtype=bool)
         take = min(k, int(allowed.sum()))
         if take == 0:
             return EMPTY

@@ -226,6 +226,13 @@ def serving(work: Path, code: Path | None = None, **env: str) -> Iterator[Server
         server.wait(30)
 
 
+def with_cpu(server: Server, requests: list[bytes], concurrency: int, seconds: float) -> dict:
+    """:func:`drive` at fixed concurrency, with the server's CPU time per request (us)."""
+    before = server.cpu_seconds()
+    result = asyncio.run(drive(server.port, requests, concurrency, seconds))
+    return {**result, "cpu_us": (server.cpu_seconds() - before) / max(len(result["ms"]), 1) * 1e6}
+
+
 def measure(
     server: Server, routes: dict[str, list[bytes]], concurrency: int, seconds: float, rounds: int
 ) -> dict[str, dict]:
@@ -240,10 +247,7 @@ def measure(
         asyncio.run(drive(server.port, requests, concurrency, 1.0))
 
     def run(requests: list[bytes]) -> dict:
-        cpu = server.cpu_seconds()
-        result = asyncio.run(drive(server.port, requests, concurrency, seconds / rounds))
-        served = max(len(result["ms"]), 1)
-        return {**result, "cpu_us": (server.cpu_seconds() - cpu) / served * 1e6}
+        return with_cpu(server, requests, concurrency, seconds / rounds)
 
     health_runs, results = [], {}
     for name, requests in routes.items():
@@ -290,9 +294,7 @@ def interleaved(
         order = list(range(len(servers)))[:: -1 if round_ % 2 else 1]
         for name, requests in routes.items():
             for i in order:
-                before = servers[i].cpu_seconds()
-                result = asyncio.run(drive(servers[i].port, requests, concurrency, burst))
-                cpu[name][round_, i] = (servers[i].cpu_seconds() - before) / max(len(result["ms"]), 1) * 1e6
+                cpu[name][round_, i] = with_cpu(servers[i], requests, concurrency, burst)["cpu_us"]
     rng = np.random.default_rng(0)
     compared = {}
     for name, per_round in cpu.items():

@@ -288,6 +288,51 @@ def test_use_gpu_without_cuda_fails_saying_what_to_do() -> None:
         model.fit(sp.random(20, 30, density=0.2, format="csr", random_state=0, dtype=np.float32))
 
 
+def _start_and_matrix(users: int = 400, items: int = 300, factors: int = 8):
+    matrix = sp.random(users, items, density=0.05, format="csr", random_state=3, dtype=np.float32)
+    matrix.data[:] = 1.0
+    rng = np.random.default_rng(0)
+    start = (
+        rng.random((users, factors), dtype=np.float32) * 0.01,
+        rng.random((items, factors), dtype=np.float32) * 0.01,
+    )
+    return matrix, start
+
+
+def test_agreement_tells_one_fit_from_another() -> None:
+    """Two fits from the same start agree; a fit with another regularisation does not."""
+    from recsys_assets.modeling.evaluation import agreement
+
+    matrix, start = _start_and_matrix()
+    params = ALSParams(factors=8, regularization=1.0, iterations=3)
+    fits = [ALS(params), ALS(params), ALS(replace(params, regularization=30.0))]
+    for model in fits:
+        model.fit(matrix, start=start)
+    users = np.arange(matrix.shape[0])
+    same = agreement(fits[0], fits[1], users, matrix)
+    assert same["relative_score_difference"] < 1e-5 and same["top_10_overlap"] == 1.0
+    other = agreement(fits[0], fits[2], users, matrix)
+    assert other["relative_score_difference"] > 0.1 and other["top_10_overlap"] < 0.9
+
+
+def test_gpu_als_equals_the_cpu_fit_from_the_same_start() -> None:
+    """Where CUDA is usable (never in CI): the GPU fit continues from given factors and lands
+    where the CPU fit does (benchmarks/gpu_check.py measures the same at scale)."""
+    import implicit.gpu
+
+    if not implicit.gpu.HAS_CUDA:
+        pytest.skip("no usable CUDA here (the GPU check runs on a GPU machine)")
+    from recsys_assets.modeling.evaluation import agreement
+
+    matrix, start = _start_and_matrix()
+    params = ALSParams(factors=8, regularization=1.0, iterations=3)
+    cpu, gpu = ALS(params), ALS(replace(params, use_gpu=True))
+    for model in (cpu, gpu):
+        model.fit(matrix, start=start)
+    same = agreement(cpu, gpu, np.arange(matrix.shape[0]), matrix)
+    assert same["relative_score_difference"] < 1e-2 and same["top_10_overlap"] > 0.95
+
+
 def test_every_method_is_evaluated_on_one_seeded_sample_of_test_users(synthetic_splits) -> None:
     """Above ``test_users``, the test evaluation takes one seeded sample, the same for every
     method: the same plan gives the same numbers, and the sample has the configured size."""

@@ -40,6 +40,31 @@ def top_k(model: Scorer, users: np.ndarray, user_items: sp.csr_matrix, k: int) -
     return out
 
 
+def agreement(
+    reference: Scorer, other: Scorer, users: np.ndarray, user_items: sp.csr_matrix, k: int = 10
+) -> dict[str, float]:
+    """How far ``other`` is from ``reference`` on ``users``: the relative (Frobenius) difference
+    of their score matrices, and the mean share of each user's top ``k`` (seen items excluded)
+    that both rank there. Two fits of one model on different hardware should agree closely."""
+    difference = squared = 0.0
+    batch = max(1, SCORE_BUDGET // max(user_items.shape[1], 1))
+    for start in range(0, len(users), batch):
+        chunk = users[start : start + batch]
+        mine = np.asarray(reference.scores(chunk, user_items), dtype=np.float64)
+        theirs = np.asarray(other.scores(chunk, user_items), dtype=np.float64)
+        difference += float(np.square(mine - theirs).sum())
+        squared += float(np.square(mine).sum())
+    ours, theirs = top_k(reference, users, user_items, k), top_k(other, users, user_items, k)
+    shared = [
+        len(np.intersect1d(a[a >= 0], b[b >= 0])) / max(int((a >= 0).sum()), 1)
+        for a, b in zip(ours, theirs, strict=True)
+    ]
+    return {
+        "relative_score_difference": (difference / squared) ** 0.5 if squared else 0.0,
+        f"top_{k}_overlap": float(np.mean(shared)) if shared else 1.0,
+    }
+
+
 def hit_matrix(top: np.ndarray, relevant: sp.csr_matrix) -> np.ndarray:
     """hits[u, r] is True when the item at rank r for user u is relevant (rows aligned with top)."""
     hits = np.zeros(top.shape, dtype=bool)

@@ -196,8 +196,8 @@ class ALS:
         start: tuple[np.ndarray, np.ndarray] | None = None,
         iterations: int | None = None,
     ) -> None:
-        """``start``: (user, item) factors to continue from instead of a random start (CPU only;
-        rows aligned with ``user_items``), for ``iterations`` (default: the configured number)."""
+        """``start``: (user, item) factors to continue from instead of a random start (rows
+        aligned with ``user_items``), for ``iterations`` (default: the configured number)."""
         for _ in self.fit_in_stages(user_items, [iterations or self.params.iterations], start):
             pass
 
@@ -214,9 +214,18 @@ class ALS:
         self.length_norm = item_length_norm(user_items, weighting) if weighting.scheme == "bm25" else None
         confidence = confidence_matrix(user_items, weighting, self.length_norm)
         started = time.perf_counter()
-        model = self._model()
-        if start is not None and not self.params.use_gpu:  # a full GPU fit costs seconds anyway
-            model.user_factors, model.item_factors = (np.array(f, dtype=np.float32, order="C") for f in start)
+        # implicit warns about OpenBLAS threads when a model is made outside the limit fit runs in
+        with threadpool_limits(1, "blas"):
+            model = self._model()
+        if start is not None:
+            # Honoured on the GPU as well: the search's trials and the final refit continue from
+            # factors, and ignoring them there would leave a few iterations from a random start.
+            factors = [np.array(f, dtype=np.float32, order="C") for f in start]
+            if self.params.use_gpu:
+                import implicit.gpu
+
+                factors = [implicit.gpu.Matrix(f) for f in factors]
+            model.user_factors, model.item_factors = factors
         done = 0
         for checkpoint in checkpoints:
 
@@ -247,11 +256,11 @@ class ALS:
 def solve_users(item_factors: np.ndarray, confidence: sp.csr_matrix, regularization: float) -> np.ndarray:
     """Each row's ALS user factors given item factors: the least-squares step implicit itself takes
     (and ``recsys_serving.confidence.fold_in`` takes for one user), batched in implicit's C++."""
-    model = CpuAlternatingLeastSquares(
-        factors=item_factors.shape[1], regularization=regularization, alpha=1.0, num_threads=0
-    )
-    model.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
-    users = np.arange(confidence.shape[0])
     with threadpool_limits(1, "blas"):
+        model = CpuAlternatingLeastSquares(
+            factors=item_factors.shape[1], regularization=regularization, alpha=1.0, num_threads=0
+        )
+        model.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+        users = np.arange(confidence.shape[0])
         solved = model.recalculate_user(users, confidence.tocsr().astype(np.float32))
     return np.ascontiguousarray(solved, dtype=np.float32)

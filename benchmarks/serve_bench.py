@@ -393,13 +393,19 @@ def main() -> None:
         known = "GET /users/{id}/recommendations"
         similar = "GET /movies/{id}/similar"
         explained = "  ... &explain=true"
+        uniform_liked = [rng.choice(movies, 5).tolist() for _ in range(300)]
+        uniform_cold = [
+            _raw("POST", "/recommendations", {"liked": liked, "k": 10}) for liked in uniform_liked
+        ]
         routes = {
             "/health": [_raw("GET", "/health", None)],
             known: [_raw("GET", f"/users/{u}/recommendations?k=10", None) for u in users],
             explained: [_raw("GET", f"/users/{u}/recommendations?k=10&explain=true", None) for u in users],
-            "POST /recommendations (5 liked)": [
-                _raw("POST", "/recommendations", {"liked": rng.choice(movies, 5).tolist(), "k": 10})
-                for _ in range(300)
+            "POST /recommendations (5 liked)": uniform_cold,
+            # The same draws with each movie's reason: the fold-in's per-liked-movie terms.
+            "  ... 5 liked, explain=true": [
+                _raw("POST", "/recommendations", {"liked": liked, "k": 10, "explain": True})
+                for liked in uniform_liked
             ],
             "  ... 5 liked by popularity": [
                 _raw(

@@ -7,7 +7,9 @@ The HTTP benchmark (serve_bench.py) measures whole requests against /health, and
 2-CPU machine its ratios move by several points between runs: a change of 30 us inside a
 cold start hides in that spread. Here each step of ``POST /recommendations`` (``Engine``'s
 ``liked_query``: the fold-in and the filter; ``rank_liked``: the search of the model's items;
-``finish_liked``: the cold slots and the merge, then the same with ``explain=true``) runs on the
+``finish_liked``: the cold slots and the merge, then the same with ``explain=true``; the three
+steps in a row; and ``recommend_liked``, what the route calls, without and with explanations:
+for ALS behind an exact scan one compiled call, ``recsys_serving.new_users``) runs on the
 same requests in a tight loop, timed by the thread's CPU clock (time other processes take from
 the machine is not counted), best of several repeats. Each checkout runs in its own process
 (``PYTHONPATH``), alternately, so drift of the machine falls on both. Liked movies are drawn
@@ -38,7 +40,9 @@ STEPS = (
     "search",
     "cold slots and merge",
     "explanations, cold slots and merge",
+    "whole, step by step",
     "whole",
+    "whole with explanations",
 )
 
 
@@ -79,12 +83,19 @@ def measure(bundle_root: Path, cold_slots: int, calls: int, repeats: int) -> dic
 def time_steps(engine: Any, known: list[np.ndarray], calls: int, repeats: int) -> dict:
     queries = [engine.liked_query(rows, 10, []) for rows in known]
     ranked = [engine.rank_liked(q) for q in queries]
+
+    def step_by_step(i: int) -> Any:
+        query = engine.liked_query(known[i], 10, [])
+        return engine.finish_liked(query, engine.rank_liked(query), False)
+
     steps = {
         STEPS[0]: lambda i: engine.liked_query(known[i], 10, []),
         STEPS[1]: lambda i: engine.rank_liked(queries[i]),
         STEPS[2]: lambda i: engine.finish_liked(queries[i], ranked[i], False),
         STEPS[3]: lambda i: engine.finish_liked(queries[i], ranked[i], True),
-        STEPS[4]: lambda i: engine.recommend_liked(known[i], 10, [], False),
+        STEPS[4]: step_by_step,
+        STEPS[5]: lambda i: engine.recommend_liked(known[i], 10, [], False),
+        STEPS[6]: lambda i: engine.recommend_liked(known[i], 10, [], True),
     }
     times: dict[str, list[float]] = {step: [] for step in steps}
     for _ in range(repeats):

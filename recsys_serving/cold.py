@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .bundle import ColdItems
+from .compiled import compiled
 from .models import ColdScorer, Model, Scored, exact
 from .search import NormOrderedScan
 
@@ -85,23 +86,57 @@ class ColdCatalogue:
         return exact(cosines, k)
 
 
+NO_REASONS = np.zeros(0, dtype=np.int64)
+
+
 def merge(warm: Scored, cold: Scored, k: int) -> Scored:
     """At most ``k`` items: the cold candidates with a positive score take the last places, the
     best warm items the rest, in score order (ties to warm); cold ones carry no explanation."""
-    candidates = [(r, v) for r, v in zip(cold.rows.tolist(), cold.scores.tolist(), strict=True) if v > 0]
-    if not candidates:
-        return warm
-    n_warm = min(warm.rows.size, k - len(candidates))
-    # A handful of items: plain lists cost less than numpy calls. Both lists are best first; each
-    # cold item goes after every item scoring at least as much.
-    rows, scores = warm.rows[:n_warm].tolist(), warm.scores[:n_warm].tolist()
-    because = None if warm.because is None else list(warm.because[:n_warm])
-    for row, score in candidates:
-        at = len(scores)
-        while at > 0 and scores[at - 1] < score:
-            at -= 1
-        rows.insert(at, row)
-        scores.insert(at, score)
-        if because is not None:
-            because.insert(at, None)
-    return Scored(np.array(rows, dtype=np.int64), np.array(scores, dtype=np.float32), because)
+    explained = warm.because is not None
+    because = (
+        np.array([-1 if b is None else b for b in warm.because], dtype=np.int64)
+        if warm.because is not None
+        else NO_REASONS
+    )
+    rows, scores, because = merged(
+        np.asarray(warm.rows, dtype=np.int64),
+        np.asarray(warm.scores, dtype=np.float32),
+        because,
+        np.asarray(cold.rows, dtype=np.int64),
+        np.asarray(cold.scores, dtype=np.float32),
+        k,
+    )
+    return Scored(rows, scores, [None if b < 0 else b for b in because.tolist()] if explained else None)
+
+
+@compiled
+def merged(
+    rows: np.ndarray,
+    scores: np.ndarray,
+    because: np.ndarray,
+    cold_rows: np.ndarray,
+    cold_scores: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`merge` on arrays (``because`` -1: none; empty: no reasons at all), for compiled
+    callers too. Both lists are best first; each cold candidate goes after every item scoring at
+    least as much."""
+    keep = cold_scores > 0
+    candidates, candidate_scores = cold_rows[keep], cold_scores[keep]
+    if candidates.size == 0:
+        return rows, scores, because
+    n_warm = min(rows.size, k - candidates.size)
+    total = n_warm + candidates.size
+    out_rows = np.empty(total, dtype=np.int64)
+    out_scores = np.empty(total, dtype=np.float32)
+    out_because = np.empty(total, dtype=np.int64)
+    warm = cold = 0
+    for at in range(total):
+        if cold < candidates.size and (warm == n_warm or scores[warm] < candidate_scores[cold]):
+            out_rows[at], out_scores[at], out_because[at] = candidates[cold], candidate_scores[cold], -1
+            cold += 1
+        else:
+            out_rows[at], out_scores[at] = rows[warm], scores[warm]
+            out_because[at] = because[warm] if because.size else -1
+            warm += 1
+    return out_rows, out_scores, out_because

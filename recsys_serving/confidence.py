@@ -177,7 +177,7 @@ class UserSolver:
         items = np.asarray(items, dtype=np.int64)
         if items.size == 0:
             return FoldedUser(np.zeros(self.item_factors.shape[1], dtype=np.float32))
-        return FoldedUser(*_fold_in(self._user(items, values)))
+        return FoldedUser(*fold_user(self._user(items, values)))
 
     def largest_contributions(
         self, rows: np.ndarray, items: np.ndarray, values: np.ndarray, folded: FoldedUser | None = None
@@ -191,7 +191,7 @@ class UserSolver:
         if folded is None or folded.solved is None or folded.confidence is None:
             best: np.ndarray = _largest_contributions(rows, self._user(items, values))
             return best
-        return _largest_terms(
+        return largest_terms(
             rows, items, self.item_factors, folded.confidence, folded.solved, folded.positive
         )
 
@@ -231,11 +231,11 @@ def _largest_contributions(rows: np.ndarray, user: KernelUser) -> np.ndarray:
     item_factors, items, _, _, _, _ = user
     system, _, confidence = _user_system(user)
     low, positive = cholesky(system)
-    return _largest_terms(rows, items, item_factors, confidence, low if positive else system, positive)
+    return largest_terms(rows, items, item_factors, confidence, low if positive else system, positive)
 
 
 @compiled
-def _largest_terms(
+def largest_terms(
     rows: np.ndarray,
     items: np.ndarray,
     item_factors: np.ndarray,
@@ -271,7 +271,8 @@ def _largest_terms(
 
 
 @compiled
-def _fold_in(user: KernelUser) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray]:
+def fold_user(user: KernelUser) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray]:
+    """One user's factors (float32), and what an explanation reuses (:class:`FoldedUser`)."""
     system, target, confidence = _user_system(user)
     low, positive = cholesky(system)
     solved = low if positive else system

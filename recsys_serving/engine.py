@@ -18,8 +18,9 @@ from .bundle import Bundle, popularity_order
 from .cold import ColdCatalogue, merge
 from .confidence import FoldedUser, UserSolver, Weighting
 from .models import FactorModel, Scored, lookup
+from .new_users import NewUserLists
+from .search import NO_FILTER, NormOrderedScan
 from .search import NO_ROWS as NO_ROWS  # routes and tests take it from here
-from .search import NormOrderedScan
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,19 @@ class Engine:
         # A rank-based score keeps the popularity fallback in the response shape of the others.
         self.rank_scores = (1.0 / (1.0 + np.arange(self.n_items))).astype(np.float32)
         self.liked_value = float(bundle.manifest["fold_in"].get("liked_value", 1.0))
+        # ALS behind an exact scan: a new user's list is one compiled call (see .new_users).
+        self.new_users = (
+            NewUserLists(
+                self.model.users,
+                self.liked_value,
+                self.model.scan,
+                None if self.cold is None else self.cold.factor_scan,
+                self.n_items,
+                self.cold_slots,
+            )
+            if isinstance(self.model, FactorModel) and self.model.scan_exactly
+            else None
+        )
         # How each known user is served: by the model that was fitted on them (its kind), folded in
         # from positives the model was not fitted on (users the k-core dropped, users seen only in
         # the test split), or, with no positive at all, popularity without the movies they rated.
@@ -217,6 +231,17 @@ class Engine:
     def recommend_liked(self, known_rows: np.ndarray, k: int, genres: list[str], explain: bool) -> Scored:
         """A new user's list from the movies they like (catalogue rows), scored by the bundle's
         model from the liked movies it was trained on; liked cold movies are only left out."""
+        if self.new_users is not None:
+            known_rows = np.asarray(known_rows, dtype=np.int64)
+            if not genres:
+                return self.new_users(known_rows, k, explain=explain)
+            liked_rows = known_rows[known_rows < self.n_items]
+            cold_allowed = (
+                NO_FILTER
+                if self.cold is None
+                else self._cold_allowed(self._cold_positions(known_rows), genres)
+            )
+            return self.new_users(known_rows, k, self._allowed(liked_rows, genres), cold_allowed, explain)
         query = self.liked_query(known_rows, k, genres)
         return self.finish_liked(query, self.rank_liked(query), explain)
 
@@ -309,16 +334,25 @@ class Engine:
 
 
 def compile_kernels() -> None:
-    """Compile the request path's numba kernels (or load them from numba's cache: 8 s against
-    0.3 s) before any request needs them, with the argument types requests use."""
+    """Compile the request path's numba kernels (or load them from numba's cache: about 25 s
+    against 1 s on a 2-CPU machine) before any request needs them, with the argument types
+    requests use."""
     factors = np.eye(4, dtype=np.float32)
-    NormOrderedScan(factors)
+    distinct, repeated = NormOrderedScan(factors), NormOrderedScan(np.repeat(factors, 2, axis=0))
     for scheme in ("linear", "bm25"):
         users = UserSolver.of(factors, 0.1, Weighting(scheme), np.ones(4, dtype=np.float32))
         liked, values = np.array([0, 1]), np.ones(2, dtype=np.float32)
         folded = users.fold(liked, values)
         for given in (folded, None):
             users.largest_contributions(np.array([2, 3]), liked, values, given)
+    # A new user's list: item factors are distinct; cold items, when the bundle has them, often
+    # share their content (and so their factors) with another.
+    for cold_scan in (None, distinct, repeated):
+        NewUserLists(users, 1.0, distinct, cold_scan, len(factors), cold_slots=1)
+    twice = UserSolver.of(np.repeat(factors, 2, axis=0), 0.1, Weighting("linear"))
+    NewUserLists(twice, 1.0, repeated, None, 2 * len(factors), cold_slots=0)
+    rows = np.arange(2, dtype=np.int64)
+    merge(Scored(rows, np.ones(2, dtype=np.float32)), Scored(rows + 2, np.ones(2, dtype=np.float32)), 3)
 
 
 def limit_threads() -> None:

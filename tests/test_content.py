@@ -301,6 +301,68 @@ def test_a_new_users_cold_slots_are_the_best_allowed_cold_movies(cold_bundles, k
             assert listed_cold == sorted(best.tolist())
 
 
+@pytest.mark.parametrize("slots", [0, 1, 2])
+def test_a_new_users_list_in_one_call_equals_the_step_by_step_path(cold_bundles, slots: int) -> None:
+    """ALS behind an exact scan answers a new user in one compiled call (recsys_serving.new_users);
+    it must give what the fold-in, the scans, the cold slots, the merge and the explanations give
+    one step at a time: the same rows in the same order, scores and reasons, with and without a
+    genre, and with the user's best cold movies among the ones they said they like."""
+    engine = Engine(load_bundle(cold_bundles["als_cold"]), cold_slots=slots)
+    assert engine.new_users is not None and engine.cold is not None
+    rng = np.random.default_rng(7)
+    compared = cold_listed = 0
+    for trial in range(60):
+        warm = rng.choice(engine.n_items, int(rng.integers(1, 6)), replace=False)
+        genres = [] if trial % 3 else [engine.genre_names[trial % len(engine.genre_names)]]
+        k = int(rng.integers(1, 25))
+        first = engine.recommend_liked(np.sort(warm), k, genres, False)
+        # Liking the cold movies the list showed (which leaves the fold-in as it was) must
+        # move them out and the next best ones in.
+        liked_cold = first.rows[first.rows >= engine.n_items]
+        cold_listed += liked_cold.size
+        for known in (np.sort(warm), np.unique(np.concatenate([warm, liked_cold]))):
+            for explain in (False, True):
+                got = engine.recommend_liked(known, k, genres, explain)
+                query = engine.liked_query(known, k, genres)
+                expected = engine.finish_liked(query, engine.rank_liked(query), explain)
+                assert got.rows.tolist() == expected.rows.tolist(), (known, genres, k)
+                np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-6, atol=1e-7)
+                assert got.because == expected.because
+                assert not set(got.rows.tolist()) & set(known.tolist())
+                compared += 1
+    assert compared == 240 and (cold_listed > 20 if slots else cold_listed == 0)
+
+
+def test_merging_cold_slots_keeps_score_order_with_ties_to_warm() -> None:
+    """The cold candidates with a positive score take the last places, each after every item
+    scoring at least as much; explanations stay with their warm items."""
+    from recsys_serving.cold import merge
+    from recsys_serving.models import Scored
+
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        n_warm, n_cold, k = int(rng.integers(0, 8)), int(rng.integers(0, 4)), int(rng.integers(1, 9))
+        values = np.array([0.0, 0.5, 1.0, 1.5, -0.5], dtype=np.float32)  # few values: many ties
+        warm_scores = np.sort(rng.choice(values, n_warm))[::-1].astype(np.float32)
+        cold_scores = np.sort(rng.choice(values, min(n_cold, k)))[::-1].astype(np.float32)
+        warm_rows, cold_rows = np.arange(n_warm, dtype=np.int64), 100 + np.arange(cold_scores.size)
+        because = [int(r) + 50 if r % 2 else None for r in warm_rows]
+        for reasons in (because, None):
+            got = merge(Scored(warm_rows, warm_scores, reasons), Scored(cold_rows, cold_scores), k)
+            shown = [(int(r), float(v)) for r, v in zip(cold_rows, cold_scores, strict=True) if v > 0]
+            if not shown:
+                assert got.rows.tolist() == warm_rows.tolist()
+                continue
+            kept = [(int(r), float(v)) for r, v in zip(warm_rows, warm_scores, strict=True)][: k - len(shown)]
+            # a stable sort by score puts each cold item after the warm ones it ties with
+            expected = sorted(kept + shown, key=lambda item: -item[1])
+            assert list(zip(got.rows.tolist(), got.scores.tolist(), strict=True)) == expected
+            if reasons is None:
+                assert got.because is None
+            else:
+                assert got.because == [None if r >= 100 else because[r] for r in got.rows.tolist()]
+
+
 def test_the_tag_genome_block_is_centred_and_only_for_covered_movies() -> None:
     genome = pl.DataFrame(
         {

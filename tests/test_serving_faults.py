@@ -46,7 +46,7 @@ ROUTES = {
     # route: (the engine method that scores it, the request)
     "known user": ("recommend_known", lambda c, b: c.get(f"/users/{int(b.user_ids[2])}/recommendations")),
     "cold start": (
-        "liked_query",
+        "recommend_liked",
         lambda c, b: c.post("/recommendations", json={"liked": b.item_ids[:3].tolist(), "k": 5}),
     ),
     "similar": ("similar", lambda c, b: c.get(f"/movies/{int(b.item_ids[4])}/similar")),

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -331,6 +335,29 @@ def test_gpu_als_equals_the_cpu_fit_from_the_same_start() -> None:
         model.fit(matrix, start=start)
     same = agreement(cpu, gpu, np.arange(matrix.shape[0]), matrix)
     assert same["relative_score_difference"] < 1e-2 and same["top_10_overlap"] > 0.95
+
+
+def test_the_gpu_check_script_runs_and_without_a_gpu_says_why(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.py is what a GPU machine runs, unattended: its whole protocol runs
+    here against the CPU alone (--dry-run-on-cpu) and writes its results; without CUDA and without
+    that flag it stops at once, saying what to install."""
+    import implicit.gpu
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    output = tmp_path / "gpu_check.json"
+    common = [sys.executable, str(script), "--ratings", "30000", "--compare-users", "100"]
+    common += ["--workdir", str(tmp_path), "--output", str(output)]
+    run = subprocess.run([*common, "--dry-run-on-cpu"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(output.read_text())
+    assert result["equality"]["passed"] and result["equality"]["users"] == 100
+    assert [row["factors"] for row in result["speed"]] == [ALSParams().factors]
+    assert result["speed"][0]["gpu"]["iterations"] == ALSParams().iterations
+    if not implicit.gpu.HAS_CUDA:
+        output.unlink()
+        refused = subprocess.run(common, capture_output=True, text=True, timeout=120)
+        assert refused.returncode != 0 and "gpu" in refused.stderr and "--dry-run-on-cpu" in refused.stderr
+        assert not output.exists()
 
 
 def test_every_method_is_evaluated_on_one_seeded_sample_of_test_users(synthetic_splits) -> None:

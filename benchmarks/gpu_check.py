@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -159,8 +160,6 @@ def main() -> None:
 
 
 def _gpu_name() -> str:
-    import subprocess
-
     try:
         names = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],

@@ -92,11 +92,10 @@ NO_REASONS = np.zeros(0, dtype=np.int64)
 def merge(warm: Scored, cold: Scored, k: int) -> Scored:
     """At most ``k`` items: the cold candidates with a positive score take the last places, the
     best warm items the rest, in score order (ties to warm); cold ones carry no explanation."""
-    explained = warm.because is not None
     because = (
-        np.array([-1 if b is None else b for b in warm.because], dtype=np.int64)
-        if warm.because is not None
-        else NO_REASONS
+        NO_REASONS
+        if warm.because is None
+        else np.array([-1 if b is None else b for b in warm.because], dtype=np.int64)
     )
     rows, scores, because = merged(
         np.asarray(warm.rows, dtype=np.int64),
@@ -106,6 +105,7 @@ def merge(warm: Scored, cold: Scored, k: int) -> Scored:
         np.asarray(cold.scores, dtype=np.float32),
         k,
     )
+    explained = warm.because is not None
     return Scored(rows, scores, [None if b < 0 else b for b in because.tolist()] if explained else None)
 
 

@@ -67,7 +67,7 @@ def new_user_list(
     rows, scores, _, _ = top_k_by_norm(
         warm[0], warm[1], warm[2], warm[3], warm[4], warm[5], warm[6], allowed, np.sort(liked), vector, k
     )
-    because = np.full(rows.size, -1, dtype=np.int64)
+    because = np.full(rows.size if explain else 0, -1, dtype=np.int64)  # empty: no reasons asked
     if explain and liked.size and rows.size:
         because = liked[largest_terms(rows, liked, item_factors, confidence, solved, positive)]
     if cold is None or slots <= 0:

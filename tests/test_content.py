@@ -320,7 +320,11 @@ def test_a_new_users_list_in_one_call_equals_the_step_by_step_path(cold_bundles,
         # move them out and the next best ones in.
         liked_cold = first.rows[first.rows >= engine.n_items]
         cold_listed += liked_cold.size
-        for known in (np.sort(warm), np.unique(np.concatenate([warm, liked_cold]))):
+        # (cold movies alone: nothing to fold in, as the engine allows though the API falls back)
+        knowns = [np.sort(warm), np.unique(np.concatenate([warm, liked_cold]))] + [liked_cold] * (
+            liked_cold.size > 0
+        )
+        for known in knowns:
             for explain in (False, True):
                 got = engine.recommend_liked(known, k, genres, explain)
                 query = engine.liked_query(known, k, genres)
@@ -330,7 +334,7 @@ def test_a_new_users_list_in_one_call_equals_the_step_by_step_path(cold_bundles,
                 assert got.because == expected.because
                 assert not set(got.rows.tolist()) & set(known.tolist())
                 compared += 1
-    assert compared == 240 and (cold_listed > 20 if slots else cold_listed == 0)
+    assert compared >= 240 and (cold_listed > 20 if slots else cold_listed == 0)
 
 
 def test_merging_cold_slots_keeps_score_order_with_ties_to_warm() -> None:

@@ -321,9 +321,9 @@ def test_a_new_users_list_in_one_call_equals_the_step_by_step_path(cold_bundles,
         liked_cold = first.rows[first.rows >= engine.n_items]
         cold_listed += liked_cold.size
         # (cold movies alone: nothing to fold in, as the engine allows though the API falls back)
-        knowns = [np.sort(warm), np.unique(np.concatenate([warm, liked_cold]))] + [liked_cold] * (
-            liked_cold.size > 0
-        )
+        knowns = [np.sort(warm), np.unique(np.concatenate([warm, liked_cold]))]
+        if liked_cold.size:
+            knowns.append(liked_cold)
         for known in knowns:
             for explain in (False, True):
                 got = engine.recommend_liked(known, k, genres, explain)
